@@ -1,0 +1,92 @@
+//! The response body keel sends to clients: either the upstream's body streamed through, or a
+//! small body keel wrote itself.
+//!
+//! The streamed variant carries the guards whose lifetime is the response's: the bulkhead slot
+//! and the connection's request marker. They drop when the body ends or the client goes away.
+//! An upstream body error is passed on as an error, which makes hyper abort the client
+//! connection, so a truncated body is never presented as complete.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::server::conn::RequestMark;
+use crate::upstream::bulkhead::BulkheadPermit;
+
+/// A response body.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// Streamed from the upstream.
+    Upstream {
+        /// The upstream's body.
+        inner: Incoming,
+        /// The bulkhead slot held until the body is done.
+        permit: Option<BulkheadPermit>,
+        /// Marks the client connection busy until the body is done.
+        mark: Option<RequestMark>,
+    },
+    /// Written by keel (errors, admin); `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A body from a static string.
+    pub fn text(text: &'static str) -> Self {
+        ProxyBody::Full(Some(Bytes::from_static(text.as_bytes())))
+    }
+
+    /// A body from owned bytes.
+    pub fn bytes(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(bytes.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream {
+                inner,
+                permit,
+                mark,
+            } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(None | Some(Err(_))) = &polled {
+                    // Free the slot as soon as the upstream is done, not when hyper drops us.
+                    permit.take();
+                    mark.take();
+                }
+                polled
+            }
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The TOML schema exactly as users write it.
+//!
+//! Everything here is plain serde with `deny_unknown_fields`: one shape per key, no `untagged` or
+//! `flatten`, so every error keeps its line and column. Values that need checking later (names,
+//! durations, limits) are wrapped in [`Spanned`] so `validate` can point at them. Every field is
+//! optional here; defaults and required keys are decided in `validate`, which reports all problems
+//! at once instead of stopping at the first missing key.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A string value with its location in the file.
+pub type Str = Spanned<String>;
+/// An integer value with its location in the file (signed, so `-1` gets our message, not serde's).
+pub type Int = Spanned<i64>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[admin]`: the loopback admin listener.
+    pub admin: Option<RawAdmin>,
+    /// `[shutdown]`: drain timing.
+    pub shutdown: Option<RawShutdown>,
+    /// `[log]`: log format and filter.
+    pub log: Option<RawLog>,
+    /// `[[listeners]]`.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<RawListener>>,
+    /// `[upstreams.NAME]`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<Str, Spanned<RawUpstream>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Socket address of the admin listener.
+    pub listen: Option<Str>,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// Time between the stop signal and closing the listeners.
+    pub drain_delay: Option<Str>,
+    /// Longest time in-flight requests get to finish.
+    pub grace_period: Option<Str>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: Option<Str>,
+    /// A `RUST_LOG`-style filter such as `info` or `keel=debug`.
+    pub level: Option<Str>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Unique name, used in metrics and logs.
+    pub name: Option<Str>,
+    /// `inbound` or `outbound`.
+    pub direction: Option<Str>,
+    /// Socket address to bind.
+    pub listen: Option<Str>,
+    /// Most client connections open at once.
+    pub max_connections: Option<Int>,
+    /// Time allowed to receive a whole request head.
+    pub header_read_timeout: Option<Str>,
+    /// Idle keep-alive connections close after this.
+    pub idle_timeout: Option<Str>,
+    /// Largest request head in bytes.
+    pub max_header_bytes: Option<Int>,
+    /// Most header fields in one request.
+    pub max_headers: Option<Int>,
+    /// `[[listeners.routes]]`, matched in order.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// One `[[listeners.routes]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name used in metrics and logs; defaults to the upstream's name.
+    pub name: Option<Str>,
+    /// What a request must look like to take this route; absent matches everything.
+    #[serde(rename = "match")]
+    pub matcher: Option<Spanned<RawMatch>>,
+    /// Name of the upstream that serves this route.
+    pub upstream: Option<Str>,
+    /// Total time for the response head, retries included.
+    pub timeout: Option<Str>,
+    /// Retry policy.
+    pub retry: Option<Spanned<RawRetry>>,
+}
+
+/// `match = { ... }` of a route; every given condition must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Exact host or `*.suffix`, port ignored.
+    pub host: Option<Str>,
+    /// Path prefix such as `/api/`.
+    pub path_prefix: Option<Str>,
+    /// A header that must be present with exactly this value.
+    pub header: Option<Spanned<RawHeaderMatch>>,
+}
+
+/// `header = { name = "...", value = "..." }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    /// Header name, case-insensitive.
+    pub name: Option<Str>,
+    /// Exact header value.
+    pub value: Option<Str>,
+}
+
+/// `retry = { ... }` of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total tries including the first.
+    pub attempts: Option<Int>,
+    /// Time allowed for each try.
+    pub per_try_timeout: Option<Str>,
+    /// Retries allowed as a share of requests.
+    pub budget_ratio: Option<Spanned<f64>>,
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `IP:port` or `name:port` entries.
+    pub endpoints: Option<Spanned<Vec<Str>>>,
+    /// Time allowed to open a TCP connection.
+    pub connect_timeout: Option<Str>,
+    /// How often host names are resolved again.
+    pub dns_refresh: Option<Str>,
+    /// `[upstreams.NAME.pool]`: the bulkhead.
+    pub pool: Option<RawPool>,
+}
+
+/// `[upstreams.NAME.pool]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Most connections open to this upstream.
+    pub max_connections: Option<Int>,
+    /// Most requests in flight to this upstream.
+    pub max_requests: Option<Int>,
+    /// Most requests waiting for an in-flight slot.
+    pub max_pending: Option<Int>,
+    /// Longest wait for a slot.
+    pub queue_timeout: Option<Str>,
+    /// Idle pooled connections close after this.
+    pub idle_timeout: Option<Str>,
+}

@@ -1,0 +1,36 @@
+//! keel: a sidecar reverse proxy that keeps one slow or dead dependency from taking its callers
+//! down.
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, validation with line/column errors, the runtime model.
+//! - [`server`]: listeners, connection limits and watchdog, graceful drain.
+//! - [`proxy`]: the request path.
+//! - [`router`]: route matching.
+//! - [`upstream`]: per-upstream pool and bulkhead.
+//! - [`admin`]: `/live` and `/ready`.
+//! - [`demo`]: built-in upstreams for `keel demo`.
+//!
+//! # One request, one direction
+//! ```text
+//! accept (listener permit) → WatchedStream + hyper (HTTP/1.1 or h2c, head limits, 408 watchdog)
+//!   → proxy::handle                 outer: error → response exactly once
+//!     → forward                     inner: `?` chain
+//!        request_authority          absolute-form / :authority / single Host, else 400
+//!        runtime.load()             one atomic load of the config snapshot
+//!        router::route              host, path prefix, header → Route (else 404 no-route)
+//!        prepare_request            hop-by-hop out, Host + X-Forwarded-* in
+//!        upstream.call              bulkhead.acquire (503 bulkhead-full)
+//!                                   → pick endpoint (round robin)
+//!                                   → pool send before the route deadline (502/504)
+//!   ← response streamed back        hop-by-hop out; slot freed when the body ends
+//! ```
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,333 @@
+//! The request path, and nothing else.
+//!
+//! [`handle`] is the outer half: it runs [`forward`] and turns any [`ProxyError`] into a response
+//! exactly once, with the status and `keel-error` reason of `error.rs`. [`forward`] is the inner
+//! half, a straight `?` chain: authority → route → prepare headers → `upstream.call` → response.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::body::ProxyBody;
+use crate::config::model::Config;
+use crate::error::ProxyError;
+use crate::router;
+use crate::server::conn::{ConnWatch, RequestMark};
+use crate::upstream::bulkhead::BulkheadPermit;
+use crate::upstream::Upstream;
+
+/// Everything a request needs that can change on reload: the config and the upstreams built
+/// from it, swapped together.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// One per `config.upstreams` entry, same order.
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+/// Per-connection context, built once when a connection is accepted.
+#[derive(Debug)]
+pub struct ConnContext {
+    /// Index of the listener in `config.listeners`.
+    pub listener: usize,
+    /// The current runtime; one atomic load per request.
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's IP, formatted once for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+    /// The connection's watchdog state.
+    pub watch: Arc<ConnWatch>,
+}
+
+/// `keel-error`, set on every response keel produced itself.
+pub const KEEL_ERROR: HeaderName = HeaderName::from_static("keel-error");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Serves one request: forwards it, or answers with keel's own error response.
+pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let mark = ctx.watch.request_started(req.version() == Version::HTTP_2);
+    match forward(&ctx, req, mark).await {
+        Ok(response) => response,
+        Err(err) => {
+            if err.is_upstream_failure() {
+                tracing::warn!(peer = %ctx.peer, error = %err, cause = ?std::error::Error::source(&err), "upstream request failed");
+            } else {
+                tracing::debug!(peer = %ctx.peer, error = %err, "request rejected");
+            }
+            error_response(&err)
+        }
+    }
+}
+
+/// keel's response for an error: status, `keel-error` reason, short text body.
+pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
+    let reason = err.reason();
+    let mut response = Response::new(ProxyBody::text(error_body(reason)));
+    *response.status_mut() = err.status();
+    let headers = response.headers_mut();
+    headers.insert(KEEL_ERROR, HeaderValue::from_static(reason));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if matches!(err, ProxyError::BadRequest(_)) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn error_body(reason: &'static str) -> &'static str {
+    match reason {
+        "bad-request" => "keel: bad request\n",
+        "no-route" => "keel: no route matches this request\n",
+        "bulkhead-full" => "keel: upstream is at its concurrency limit\n",
+        "upstream-connect" => "keel: could not connect to upstream\n",
+        "upstream-reset" => "keel: upstream connection failed\n",
+        "upstream-timeout" => "keel: upstream did not answer in time\n",
+        _ => "keel: error\n",
+    }
+}
+
+async fn forward(
+    ctx: &ConnContext,
+    mut req: Request<Incoming>,
+    mark: RequestMark,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let started = Instant::now();
+    let authority = request_authority(&req)?;
+    let runtime = ctx.runtime.load();
+    let listener = runtime
+        .config
+        .listeners
+        .get(ctx.listener)
+        .ok_or(ProxyError::NoRoute)?;
+    let host = router::strip_port(authority.as_str());
+    let route = router::route(&listener.routes, host, req.uri().path(), req.headers())
+        .ok_or(ProxyError::NoRoute)?;
+    let upstream = runtime
+        .upstreams
+        .get(route.upstream)
+        .ok_or(ProxyError::NoRoute)?
+        .clone();
+    let deadline = started + route.timeout;
+    drop(runtime);
+
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    prepare_request(ctx, &mut req, &authority, upgrade)?;
+
+    let (mut response, permit) = upstream.call(req, deadline).await?;
+
+    if let Some(on_client) = client_upgrade {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let on_upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(on_client, on_upstream, permit, upstream));
+            let upgrade_value = response.headers().get(header::UPGRADE).cloned();
+            strip_hop_by_hop(response.headers_mut());
+            if let Some(value) = upgrade_value {
+                response.headers_mut().insert(header::UPGRADE, value);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+    }
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response.map(|inner| ProxyBody::Upstream {
+        inner,
+        permit: Some(permit),
+        mark: Some(mark),
+    }))
+}
+
+/// The request's target authority: the absolute-form or HTTP/2 `:authority`, else the single
+/// `Host` header. Several `Host` headers, or none where one is required, are a 400.
+fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("several Host headers"));
+    }
+    let authority = match (req.uri().authority(), host) {
+        (Some(authority), _) => authority.clone(),
+        (None, Some(value)) => Authority::try_from(value.as_bytes())
+            .map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+        (None, None) => return Err(ProxyError::BadRequest("missing Host header")),
+    };
+    if req.version() == Version::HTTP_11 && host.is_none() {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    if authority.host().is_empty() || authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest("invalid Host"));
+    }
+    Ok(authority)
+}
+
+/// The `Upgrade` header value when the request asks for a protocol upgrade (HTTP/1.1 only).
+fn is_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| upgrade.clone())
+}
+
+/// Rewrites the request head for the upstream: hop-by-hop headers out, `Host` and the
+/// `X-Forwarded-*` headers in, HTTP/1.1 on the wire.
+fn prepare_request(
+    ctx: &ConnContext,
+    req: &mut Request<Incoming>,
+    authority: &Authority,
+    upgrade: Option<HeaderValue>,
+) -> Result<(), ProxyError> {
+    let host_value = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
+    let headers = req.headers_mut();
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(headers);
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(value) = upgrade {
+        headers.insert(header::UPGRADE, value);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers.insert(header::HOST, host_value.clone());
+    headers.insert(X_FORWARDED_HOST.clone(), host_value);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    append_forwarded_for(headers, &ctx.peer_ip);
+    *req.version_mut() = Version::HTTP_11;
+    Ok(())
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    let existing: Vec<&[u8]> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if existing.is_empty() {
+        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        return;
+    }
+    let mut joined = existing.join(&b", "[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(peer_ip.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        Err(_) => {
+            headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        }
+    }
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, plus the fixed list of
+/// RFC 9110 §7.6.1 and the de-facto ones (`Keep-Alive`, `Proxy-Connection`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Splices an upgraded client connection to the upgraded upstream connection until either side
+/// closes. The bulkhead slot is held for the tunnel's life: a tunnel is a request in flight.
+async fn tunnel(
+    on_client: hyper::upgrade::OnUpgrade,
+    on_upstream: hyper::upgrade::OnUpgrade,
+    permit: BulkheadPermit,
+    upstream: Arc<Upstream>,
+) {
+    let _permit = permit;
+    let (client, server) = match tokio::try_join!(on_client, on_upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(upstream = %upstream.name, error = %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut server = TokioIo::new(server);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        tracing::debug!(upstream = %upstream.name, error = %err, "upgraded tunnel ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_and_fixed_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    }
+}

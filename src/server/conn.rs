@@ -1,0 +1,240 @@
+//! One client connection: hyper's HTTP/1.1 + h2c server plus keel's own watchdog.
+//!
+//! hyper's `header_read_timeout` closes the connection without a word and also runs while a
+//! keep-alive connection is idle. keel wants two different clocks: an idle keep-alive connection
+//! closes quietly after `idle_timeout`; a request head whose first byte arrived must be complete
+//! within `header_read_timeout` (total, not reset by trickled bytes), or the client gets
+//! `408 Request Timeout` and the connection closes. The [`WatchedStream`] notices the first byte
+//! of a head, the proxy marks the head complete ([`RequestMark`]), and [`serve`] sleeps until the
+//! deadline of the current phase.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Waiting for a request; no byte of the next head yet.
+const IDLE: u8 = 0;
+/// Bytes of a request head arrived; the head is not complete yet.
+const READING_HEAD: u8 = 1;
+/// Requests are being served (count kept separately).
+const IN_REQUEST: u8 = 2;
+/// HTTP/2: hyper's h2 settings govern the connection.
+const H2: u8 = 3;
+
+/// Shared state of one connection between its stream, its requests and its watchdog.
+#[derive(Debug)]
+pub struct ConnWatch {
+    phase: AtomicU8,
+    in_flight: AtomicU64,
+    since_ms: AtomicU64,
+    epoch: Instant,
+    wake: Notify,
+    head_timed_out: AtomicBool,
+}
+
+impl ConnWatch {
+    fn new() -> Arc<Self> {
+        Arc::new(ConnWatch {
+            phase: AtomicU8::new(IDLE),
+            in_flight: AtomicU64::new(0),
+            since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            wake: Notify::new(),
+            head_timed_out: AtomicBool::new(false),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn set_phase(&self, phase: u8) {
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        self.phase.store(phase, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Called when a request head was parsed: the head clock stops.
+    pub fn request_started(self: &Arc<Self>, http2: bool) -> RequestMark {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if http2 {
+            if self.phase.load(Ordering::Acquire) != H2 {
+                self.set_phase(H2);
+            }
+        } else {
+            self.set_phase(IN_REQUEST);
+        }
+        RequestMark {
+            watch: self.clone(),
+        }
+    }
+
+    fn deadline(&self, header_read_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
+        let since = self.epoch + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
+        match self.phase.load(Ordering::Acquire) {
+            IDLE => Some(since + idle_timeout),
+            READING_HEAD => Some(since + header_read_timeout),
+            _ => None,
+        }
+    }
+}
+
+/// Held by a request until its response body is done; then the connection counts as idle.
+#[derive(Debug)]
+pub struct RequestMark {
+    watch: Arc<ConnWatch>,
+}
+
+impl Drop for RequestMark {
+    fn drop(&mut self) {
+        let left = self.watch.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.watch.phase.load(Ordering::Acquire) == IN_REQUEST {
+            self.watch.set_phase(IDLE);
+        }
+    }
+}
+
+/// The client's TCP stream, noticing the first byte of each request head. If the watchdog gave
+/// up on a head, dropping the stream writes `408 Request Timeout` before closing.
+#[derive(Debug)]
+pub struct WatchedStream {
+    stream: TcpStream,
+    watch: Arc<ConnWatch>,
+    first_read: bool,
+}
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nkeel-error: bad-request\r\n\r\n";
+
+impl Drop for WatchedStream {
+    fn drop(&mut self) {
+        if self.watch.head_timed_out.load(Ordering::Acquire) {
+            // Nothing was written for this head, so the send buffer has room: a non-blocking
+            // write of a few bytes goes through or, if the peer is gone, fails harmlessly.
+            let _ = self.stream.try_write(REQUEST_TIMEOUT_RESPONSE);
+        }
+    }
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if this.watch.phase.load(Ordering::Acquire) == IDLE {
+                // An h2c connection starts with the HTTP/2 preface; its clocks are h2's own.
+                let h2 = this.first_read && buf.filled()[before..].starts_with(b"PRI * HTTP/2.0");
+                this.watch.set_phase(if h2 { H2 } else { READING_HEAD });
+            }
+            this.first_read = false;
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Wraps a fresh client stream.
+pub fn watch(stream: TcpStream) -> (WatchedStream, Arc<ConnWatch>) {
+    let watch = ConnWatch::new();
+    (
+        WatchedStream {
+            stream,
+            watch: watch.clone(),
+            first_read: true,
+        },
+        watch,
+    )
+}
+
+/// Drives `conn` (hyper's connection future, already watched for graceful shutdown) until it
+/// ends or a watchdog deadline passes.
+pub async fn supervise<F, E>(
+    conn: F,
+    watch: Arc<ConnWatch>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+) where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    loop {
+        let deadline = watch.deadline(header_read_timeout, idle_timeout);
+        tokio::select! {
+            // The connection ended on its own: client closed, error, or graceful shutdown.
+            result = &mut conn => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            // A phase changed: recompute the deadline.
+            () = watch.wake.notified() => {}
+            // The current phase's deadline passed (checked again, the phase may have moved on).
+            () = sleep_until_opt(deadline) => {
+                let now = Instant::now();
+                match (watch.phase.load(Ordering::Acquire), watch.deadline(header_read_timeout, idle_timeout)) {
+                    (READING_HEAD, Some(d)) if d <= now => {
+                        tracing::debug!("request head not complete within header_read_timeout; answering 408");
+                        watch.head_timed_out.store(true, Ordering::Release);
+                        return;
+                    }
+                    (IDLE, Some(d)) if d <= now => {
+                        tracing::trace!("idle keep-alive connection closed");
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,200 @@
+//! Starting and stopping keel: bind every listener, serve, drain.
+//!
+//! [`start`] binds the proxy listeners and the admin listener (errors name the listener and the
+//! address), builds the upstreams, spawns the accept loops and only then marks keel ready.
+//! [`Running::drain`] is the stop sequence of DESIGN.md: `/ready` goes 503 at once, listeners
+//! close after `drain_delay`, in-flight requests get up to `grace_period`, and it returns as soon
+//! as nothing is in flight.
+
+pub mod conn;
+pub mod listener;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Health};
+use crate::config::model::Config;
+use crate::proxy::Runtime;
+use crate::upstream::Upstream;
+use shutdown::Shutdown;
+
+/// Why keel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running keel.
+#[derive(Debug)]
+pub struct Running {
+    listeners: Vec<(Arc<str>, SocketAddr)>,
+    admin_addr: SocketAddr,
+    health: Arc<Health>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    stop_accepting: Shutdown,
+    stop_admin: Shutdown,
+    accept_tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    graceful: Arc<GracefulShutdown>,
+    drain_delay: Duration,
+    grace_period: Duration,
+}
+
+/// Builds the upstreams for a config, in config order.
+pub async fn build_runtime(config: Config) -> Runtime {
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for upstream in &config.upstreams {
+        upstreams.push(Upstream::new(upstream.clone()).await);
+    }
+    Runtime {
+        config: Arc::new(config),
+        upstreams,
+    }
+}
+
+/// Binds everything and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let socket =
+            TcpListener::bind(listener.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: format!("listener `{}`", listener.name),
+                    addr: listener.listen,
+                    source,
+                })?;
+        let addr = socket.local_addr().map_err(|source| StartError::Bind {
+            what: format!("listener `{}`", listener.name),
+            addr: listener.listen,
+            source,
+        })?;
+        bound.push((socket, addr));
+    }
+    let admin_socket = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "the admin listener".into(),
+            addr: config.admin.listen,
+            source,
+        })?;
+    let admin_addr = admin_socket
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "the admin listener".into(),
+            addr: config.admin.listen,
+            source,
+        })?;
+
+    let drain_delay = config.shutdown.drain_delay;
+    let grace_period = config.shutdown.grace_period;
+    let listener_configs = config.listeners.clone();
+    let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config).await));
+    let health = Arc::new(Health::default());
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_accepting, accept_signal) = Shutdown::new();
+    let (stop_admin, admin_signal) = Shutdown::new();
+
+    let mut listeners = Vec::with_capacity(bound.len());
+    let mut accept_tasks = Vec::with_capacity(bound.len());
+    for (index, ((socket, addr), listener)) in bound.into_iter().zip(listener_configs).enumerate() {
+        tracing::info!(listener = %listener.name, direction = listener.direction.as_str(), %addr, "listening");
+        listeners.push((listener.name.clone(), addr));
+        accept_tasks.push(tokio::spawn(listener::accept_loop(
+            socket,
+            index,
+            listener,
+            runtime.clone(),
+            graceful.clone(),
+            accept_signal.clone(),
+        )));
+    }
+    tracing::info!(addr = %admin_addr, "admin listening");
+    let admin_task = tokio::spawn(admin::serve(admin_socket, health.clone(), admin_signal));
+    health.set_ready(true);
+    Ok(Running {
+        listeners,
+        admin_addr,
+        health,
+        runtime,
+        stop_accepting,
+        stop_admin,
+        accept_tasks,
+        admin_task,
+        graceful,
+        drain_delay,
+        grace_period,
+    })
+}
+
+impl Running {
+    /// The bound address of a listener, by name.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn listeners(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The current runtime (config and upstreams).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Stops gracefully: not ready at once, stop accepting after `drain_delay`, let in-flight
+    /// requests finish within `grace_period`. Returns whether everything finished in time.
+    pub async fn drain(self) -> bool {
+        self.health.set_ready(false);
+        tracing::info!(drain_delay = ?self.drain_delay, grace_period = ?self.grace_period, "draining");
+        if !self.drain_delay.is_zero() {
+            tokio::time::sleep(self.drain_delay).await;
+        }
+        self.stop_accepting.trigger();
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
+        let in_flight = self.graceful.count();
+        let finished = match Arc::try_unwrap(self.graceful) {
+            Ok(graceful) => tokio::time::timeout(self.grace_period, graceful.shutdown())
+                .await
+                .is_ok(),
+            // Only the accept loops held clones and they have ended; be safe anyway.
+            Err(_) => false,
+        };
+        if finished {
+            tracing::info!(connections = in_flight, "drained");
+        } else {
+            tracing::warn!("grace period over; closing the remaining connections");
+        }
+        self.stop_admin.trigger();
+        let _ = self.admin_task.await;
+        finished
+    }
+}
