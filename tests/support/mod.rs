@@ -44,6 +44,8 @@ pub enum Behaviour {
     TruncateBody,
     /// 200 with hop-by-hop headers in the response.
     HopByHopResponse,
+    /// Answers 200, then closes a keep-alive connection left idle this long.
+    CloseIdleAfter(Duration),
 }
 
 /// Counters a test can assert on.
@@ -102,9 +104,23 @@ impl Drop for InFlightGuard {
 
 /// Starts an upstream with a behaviour; the port is bound before this returns.
 pub async fn upstream(behaviour: Behaviour) -> TestUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counters = Arc::new(Counters::default());
+    upstream_at(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(Counters::default()),
+        behaviour,
+    )
+    .await
+    .unwrap()
+}
+
+/// Starts an upstream on a given address, sharing `counters` (several addresses, one server).
+pub async fn upstream_at(
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    behaviour: Behaviour,
+) -> std::io::Result<TestUpstream> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     let c = counters.clone();
     tokio::spawn(async move {
         loop {
@@ -126,7 +142,7 @@ pub async fn upstream(behaviour: Behaviour) -> TestUpstream {
             });
         }
     });
-    TestUpstream { addr, counters }
+    Ok(TestUpstream { addr, counters })
 }
 
 async fn read_head(stream: &mut TcpStream) -> bool {
@@ -168,7 +184,14 @@ async fn serve_hyper(stream: TcpStream, behaviour: Behaviour, c: Arc<Counters>) 
             Ok::<_, Infallible>(answer(behaviour, n, req).await)
         }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Behaviour::CloseIdleAfter(idle) = behaviour {
+        // hyper's head timer runs while a keep-alive connection waits: it closes idle ones.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle);
+    }
     let _ = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await;
@@ -386,6 +409,16 @@ impl Keel {
     }
     pub fn admin(&self) -> SocketAddr {
         self.running.as_ref().unwrap().admin_addr()
+    }
+    /// The named upstream of the current runtime (for bulkhead and pool gauges).
+    pub fn upstream(&self, name: &str) -> Arc<keel::upstream::Upstream> {
+        let runtime = self.running.as_ref().unwrap().runtime();
+        runtime
+            .upstreams
+            .iter()
+            .find(|u| &*u.name == name)
+            .unwrap()
+            .clone()
     }
     pub async fn drain(mut self) -> bool {
         self.running.take().unwrap().drain().await
