@@ -185,6 +185,8 @@ async fn serve_hyper(stream: TcpStream, behaviour: Behaviour, c: Arc<Counters>) 
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // keel adds X-Forwarded-* headers: leave room above keel's own limit of 100.
+    builder.http1().max_headers(200);
     if let Behaviour::CloseIdleAfter(idle) = behaviour {
         // hyper's head timer runs while a keep-alive connection waits: it closes idle ones.
         builder
