@@ -1,0 +1,92 @@
+//! Graceful shutdown: SIGTERM lets in-flight requests finish, refuses new connections, and exits
+//! as soon as nothing is in flight; `/ready` turns 503 at once.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::*;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_fifty_in_flight_requests_and_exits_early() {
+    let up = upstream(Behaviour::Delay(Duration::from_secs(2))).await;
+    let mut keel = KeelProcess::start(&format!(
+        "[shutdown]\ngrace_period = \"30s\"\n{}",
+        single_route(up.addr, "", "")
+    ));
+    let addr = keel.addr("main");
+    let requests: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(async move { get(addr, "svc", "/").await.status }))
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "50 requests in flight at the upstream",
+        || async { up.counters.in_flight.load(Ordering::SeqCst) == 50 },
+    )
+    .await;
+
+    let stopped_at = Instant::now();
+    keel.terminate();
+    eventually(
+        Duration::from_secs(5),
+        "new connections are refused",
+        || async { TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    assert!(
+        up.counters.in_flight.load(Ordering::SeqCst) > 0,
+        "listener closed while requests were still in flight"
+    );
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200, "an in-flight request was cut");
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = keel.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "keel did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    let took = stopped_at.elapsed();
+    println!("shutdown: 50 in-flight requests completed, exit {status} {took:?} after SIGTERM (grace period 30s)");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exit took {took:?}: keel slept out the grace period"
+    );
+}
+
+#[tokio::test]
+async fn ready_turns_503_at_once_and_listeners_close_after_drain_delay() {
+    let up = upstream(Behaviour::Respond).await;
+    let keel = spawn_keel(&format!(
+        "[shutdown]\ndrain_delay = \"400ms\"\ngrace_period = \"5s\"\n{}",
+        single_route(up.addr, "", "")
+    ))
+    .await;
+    let (addr, admin) = (keel.addr("main"), keel.admin());
+    assert_eq!(get(admin, "admin", "/ready").await.status, 200);
+    assert_eq!(get(admin, "admin", "/live").await.status, 200);
+    let drain = tokio::spawn(keel.drain());
+    eventually(Duration::from_secs(2), "/ready answers 503", || async {
+        get(admin, "admin", "/ready").await.status == 503
+    })
+    .await;
+    // During drain_delay the listener still serves, so callers that have not noticed yet succeed.
+    assert_eq!(get(addr, "svc", "/").await.status, 200);
+    eventually(
+        Duration::from_secs(5),
+        "listener closed after drain_delay",
+        || async { TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    assert!(drain.await.unwrap(), "drained within the grace period");
+}
