@@ -101,7 +101,7 @@ async fn answer(
             tokio::time::sleep(delay).await;
             StatusCode::OK
         }
-        Behaviour::Flaky(every) if n % every == 0 => StatusCode::SERVICE_UNAVAILABLE,
+        Behaviour::Flaky(every) if n.is_multiple_of(every) => StatusCode::SERVICE_UNAVAILABLE,
         Behaviour::Flaky(_) => StatusCode::OK,
     };
     let body = format!(

@@ -94,7 +94,7 @@ mod tests {
             .routes
     }
 
-    fn name<'a>(r: Option<&'a RouteConfig>) -> Option<&'a str> {
+    fn name(r: Option<&RouteConfig>) -> Option<&str> {
         r.map(|r| &*r.name)
     }
 

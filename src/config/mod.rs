@@ -191,9 +191,7 @@ fn deserialize_all(
         let root_span = root.span();
         let removed = remove_at(root.get_mut(), root_span, &span, trimmed_tables);
         errors.push(describe(&err, &span, removed.as_deref()));
-        if removed.is_none() {
-            return None;
-        }
+        removed?;
     }
     None
 }
