@@ -212,7 +212,7 @@ Try:
   curl -i http://{proxy}/flaky              # every third request: 503 from the upstream
   curl -i http://{proxy}/nowhere            # 404 with keel-error: no-route
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' http://{proxy}/slow & done; wait; echo
-                                            # 2 in flight at once, 2 more may wait 500 ms: the rest get 503 bulkhead-full
+                                            # 2 run at once (2 s each), 2 wait up to 500 ms: 4 get 503 bulkhead-full
   curl -i http://{admin}/ready              # readiness probe
 
 Ctrl-C drains in-flight requests and exits.

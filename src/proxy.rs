@@ -48,6 +48,8 @@ pub struct ConnContext {
     pub peer_ip: HeaderValue,
     /// The connection's watchdog state.
     pub watch: Arc<ConnWatch>,
+    /// The listener connection slot: freed when the connection and any tunnel made from it end.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// `keel-error`, set on every response keel produced itself.
@@ -104,7 +106,7 @@ fn error_body(reason: &'static str) -> &'static str {
 }
 
 async fn forward(
-    ctx: &ConnContext,
+    ctx: &Arc<ConnContext>,
     mut req: Request<Incoming>,
     mark: RequestMark,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -124,19 +126,26 @@ async fn forward(
         .get(route.upstream)
         .ok_or(ProxyError::NoRoute)?
         .clone();
-    let deadline = started + route.timeout;
+    let timeout = route.timeout;
+    let deadline = started + timeout;
     drop(runtime);
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(ctx, &mut req, &authority, upgrade)?;
 
-    let (mut response, permit) = upstream.call(req, deadline).await?;
+    let (mut response, permit) = upstream.call(req, deadline, timeout).await?;
 
     if let Some(on_client) = client_upgrade {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let on_upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(on_client, on_upstream, permit, upstream));
+            tokio::spawn(tunnel(
+                on_client,
+                on_upstream,
+                permit,
+                upstream,
+                ctx.clone(),
+            ));
             let upgrade_value = response.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(response.headers_mut());
             if let Some(value) = upgrade_value {
@@ -283,14 +292,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection until either side
-/// closes. The bulkhead slot is held for the tunnel's life: a tunnel is a request in flight.
+/// closes. The bulkhead slot and the listener's connection slot (in `conn`) are held for the
+/// tunnel's life: a tunnel is a request in flight on a client connection.
 async fn tunnel(
     on_client: hyper::upgrade::OnUpgrade,
     on_upstream: hyper::upgrade::OnUpgrade,
     permit: BulkheadPermit,
     upstream: Arc<Upstream>,
+    conn: Arc<ConnContext>,
 ) {
-    let _permit = permit;
+    let _held = (permit, conn);
     let (client, server) = match tokio::try_join!(on_client, on_upstream) {
         Ok(pair) => pair,
         Err(err) => {

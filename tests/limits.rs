@@ -30,7 +30,12 @@ async fn too_many_headers_is_431() {
         request.push_str(&format!("x-h{i}: v\r\n"));
     }
     request.push_str("\r\n");
-    let reply = raw(keel.addr("main"), request.as_bytes(), Duration::from_secs(5)).await;
+    let reply = raw(
+        keel.addr("main"),
+        request.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
     // Exactly 100 fields (Host, Connection and 98 more) are within the default limit.
     let mut ok = String::from("GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n");
@@ -48,11 +53,26 @@ async fn header_block_over_limit_is_431() {
     let (keel, up) = keel_with("").await;
     let big = "a".repeat(70 * 1024);
     let request = format!("GET / HTTP/1.1\r\nhost: svc\r\nx-big: {big}\r\n\r\n");
-    let reply = raw(keel.addr("main"), request.as_bytes(), Duration::from_secs(5)).await;
-    assert!(reply.starts_with("HTTP/1.1 431"), "{}", &reply[..reply.len().min(200)]);
-    let fits = format!("GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\nx-big: {}\r\n\r\n", "a".repeat(60 * 1024));
+    let reply = raw(
+        keel.addr("main"),
+        request.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 431"),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
+    let fits = format!(
+        "GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+        "a".repeat(60 * 1024)
+    );
     let reply = raw(keel.addr("main"), fits.as_bytes(), Duration::from_secs(5)).await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "a 60 KiB head fits the 64 KiB default");
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "a 60 KiB head fits the 64 KiB default"
+    );
     assert_eq!(up.requests(), 1);
 }
 
@@ -78,8 +98,14 @@ async fn trickled_head_gets_408_at_the_total_deadline() {
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(elapsed >= Duration::from_millis(280), "408 after {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(1400), "408 after {elapsed:?}: the deadline was reset by trickled bytes");
+    assert!(
+        elapsed >= Duration::from_millis(280),
+        "408 after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1400),
+        "408 after {elapsed:?}: the deadline was reset by trickled bytes"
+    );
     trickle.abort();
     assert_eq!(up.requests(), 0);
 }
@@ -88,7 +114,10 @@ async fn trickled_head_gets_408_at_the_total_deadline() {
 async fn idle_keep_alive_connections_close_quietly() {
     let (keel, _up) = keel_with("idle_timeout = \"200ms\"").await;
     let mut stream = TcpStream::connect(keel.addr("main")).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -96,8 +125,14 @@ async fn idle_keep_alive_connections_close_quietly() {
     let rest = read_until_close(&mut stream, Duration::from_secs(5)).await;
     let elapsed = started.elapsed();
     // The response body may arrive in a second read; nothing else may follow it.
-    assert!(!rest.contains("HTTP/1.1"), "an idle connection closes without a response: {rest}");
-    assert!(elapsed >= Duration::from_millis(150), "closed after {elapsed:?}");
+    assert!(
+        !rest.contains("HTTP/1.1"),
+        "an idle connection closes without a response: {rest}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(150),
+        "closed after {elapsed:?}"
+    );
     assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
 }
 
@@ -108,18 +143,29 @@ async fn connection_limit_holds_extra_clients_in_the_backlog() {
     let mut first = TcpStream::connect(addr).await.unwrap();
     let mut second = TcpStream::connect(addr).await.unwrap();
     for s in [&mut first, &mut second] {
-        s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 64 * 1024];
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     }
     let mut third = TcpStream::connect(addr).await.unwrap();
-    third.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n").await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 1024];
     let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
-    assert!(early.is_err(), "a third connection must wait while two are open");
+    assert!(
+        early.is_err(),
+        "a third connection must wait while two are open"
+    );
     drop(first);
     let reply = read_until_close(&mut third, Duration::from_secs(5)).await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "served once a slot freed: {reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "served once a slot freed: {reply}"
+    );
     assert_eq!(up.requests(), 3);
 }

@@ -65,7 +65,16 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
         }
         if let Some(addr) = &listener.listen {
             if let Ok(parsed) = addr.get_ref().parse::<SocketAddr>() {
-                if parsed.port() != 0 && seen_addrs.insert(parsed, addr.span()).is_some() {
+                // 0.0.0.0:P also takes P on every other address.
+                let clash = parsed.port() != 0
+                    && seen_addrs.keys().any(|seen| {
+                        seen.port() == parsed.port()
+                            && (seen.ip() == parsed.ip()
+                                || seen.ip().is_unspecified()
+                                || parsed.ip().is_unspecified())
+                    });
+                seen_addrs.insert(parsed, addr.span());
+                if clash {
                     errors.push(
                         ConfigError::new(
                             addr.span(),
@@ -74,7 +83,11 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
                         .with_hint("two listeners cannot bind the same address"),
                     );
                 }
-                if parsed.port() != 0 && parsed == admin.listen {
+                let admin_clash = parsed.port() == admin.listen.port()
+                    && (parsed.ip() == admin.listen.ip()
+                        || parsed.ip().is_unspecified()
+                        || admin.listen.ip().is_unspecified());
+                if parsed.port() != 0 && admin_clash {
                     errors.push(
                         ConfigError::new(
                             addr.span(),

@@ -136,7 +136,7 @@ impl AsyncRead for WatchedStream {
         if buf.filled().len() > before {
             if this.watch.phase.load(Ordering::Acquire) == IDLE {
                 // An h2c connection starts with the HTTP/2 preface; its clocks are h2's own.
-                let h2 = this.first_read && buf.filled()[before..].starts_with(b"PRI * HTTP/2.0");
+                let h2 = this.first_read && buf.filled()[before..].starts_with(b"PRI ");
                 this.watch.set_phase(if h2 { H2 } else { READING_HEAD });
             }
             this.first_read = false;

@@ -92,6 +92,7 @@ pub(crate) async fn accept_loop(
             peer,
             peer_ip: peer_ip_header(peer),
             watch: watch.clone(),
+            slot: Some(permit),
         });
         let service = service_fn(move |req| {
             let ctx = ctx.clone();
@@ -102,10 +103,12 @@ pub(crate) async fn accept_loop(
             .into_owned();
         let connection = graceful.watch(connection);
         let (header_read_timeout, idle_timeout) = (config.header_read_timeout, config.idle_timeout);
-        tokio::spawn(async move {
-            conn::supervise(connection, watch, header_read_timeout, idle_timeout).await;
-            drop(permit);
-        });
+        tokio::spawn(conn::supervise(
+            connection,
+            watch,
+            header_read_timeout,
+            idle_timeout,
+        ));
     }
 }
 

@@ -46,15 +46,24 @@ pub struct Upstream {
 pub struct Endpoint {
     /// Socket address dialed.
     pub addr: SocketAddr,
+    /// Index of the configured endpoint (`host:port` entry) it was resolved from.
+    pub source: usize,
     authority: Authority,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Option<Self> {
+    fn new(addr: SocketAddr, source: usize) -> Option<Self> {
         let authority = Authority::try_from(addr.to_string().as_str()).ok()?;
-        Some(Endpoint { addr, authority })
+        Some(Endpoint {
+            addr,
+            source,
+            authority,
+        })
     }
 }
+
+/// Longest wait for one DNS answer; a slow resolver must not hold up start or refresh.
+const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Upstream {
     /// Builds the upstream and resolves its endpoints once. Names that do not resolve yet are
@@ -91,6 +100,7 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         deadline: Instant,
+        timeout: std::time::Duration,
     ) -> Result<(Response<Incoming>, BulkheadPermit), ProxyError> {
         let permit = self
             .bulkhead
@@ -112,9 +122,7 @@ impl Upstream {
         match tokio::time::timeout_at(deadline, self.pool.client.request(req)).await {
             Ok(Ok(response)) => Ok((response, permit)),
             Ok(Err(err)) => Err(classify(err)),
-            Err(_elapsed) => Err(ProxyError::UpstreamTimeout(
-                deadline.saturating_duration_since(Instant::now()),
-            )),
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
     }
 
@@ -157,28 +165,25 @@ async fn resolve_all(
     previous: &[Endpoint],
 ) -> Vec<Endpoint> {
     let mut out = Vec::with_capacity(endpoints.len());
-    for endpoint in endpoints {
+    for (source, endpoint) in endpoints.iter().enumerate() {
         if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
-            out.extend(Endpoint::new(SocketAddr::new(ip, endpoint.port)));
+            out.extend(Endpoint::new(SocketAddr::new(ip, endpoint.port), source));
             continue;
         }
-        match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
-            Ok(addrs) => {
+        let lookup = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port));
+        let error = match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
+            Ok(Ok(addrs)) => {
                 let mut addrs: Vec<SocketAddr> = addrs.collect();
                 addrs.sort();
                 addrs.dedup();
-                out.extend(addrs.into_iter().filter_map(Endpoint::new));
+                out.extend(addrs.into_iter().filter_map(|a| Endpoint::new(a, source)));
+                continue;
             }
-            Err(err) => {
-                tracing::warn!(upstream, endpoint = %endpoint, error = %err, "endpoint name did not resolve; keeping previous addresses");
-                out.extend(
-                    previous
-                        .iter()
-                        .filter(|p| p.addr.port() == endpoint.port)
-                        .cloned(),
-                );
-            }
-        }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {DNS_TIMEOUT:?}"),
+        };
+        tracing::warn!(upstream, endpoint = %endpoint, error, "endpoint name did not resolve; keeping its previous addresses");
+        out.extend(previous.iter().filter(|p| p.source == source).cloned());
     }
     out
 }

@@ -42,6 +42,8 @@ pub enum Behaviour {
     CloseBeforeHead,
     /// Sends a head announcing 1000 bytes, sends 10, then closes.
     TruncateBody,
+    /// Sends a chunked head and one 10-byte chunk, then closes without the last chunk.
+    TruncateChunked,
     /// 200 with hop-by-hop headers in the response.
     HopByHopResponse,
     /// Answers 200, then closes a keep-alive connection left idle this long.
@@ -137,6 +139,7 @@ pub async fn upstream_at(
                 match behaviour {
                     Behaviour::CloseBeforeHead => raw_close_before_head(stream, &c).await,
                     Behaviour::TruncateBody => raw_truncate(stream, &c).await,
+                    Behaviour::TruncateChunked => raw_truncate_chunked(stream, &c).await,
                     _ => serve_hyper(stream, behaviour, c).await,
                 }
             });
@@ -168,6 +171,16 @@ async fn raw_truncate(mut stream: TcpStream, c: &Counters) {
         c.requests.fetch_add(1, Ordering::SeqCst);
         let _ = stream
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+            .await;
+        let _ = stream.flush().await;
+    }
+}
+
+async fn raw_truncate_chunked(mut stream: TcpStream, c: &Counters) {
+    if read_head(&mut stream).await {
+        c.requests.fetch_add(1, Ordering::SeqCst);
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n")
             .await;
         let _ = stream.flush().await;
     }
@@ -301,6 +314,15 @@ async fn answer(behaviour: Behaviour, n: usize, mut req: Request<Incoming>) -> R
     }
     if path == "/trailers" {
         return Response::new(TrailerBody { step: 0 }.boxed());
+    }
+    if path == "/trailers-declared" {
+        // hyper's HTTP/1.1 server only writes trailer fields that the response head declares
+        // in `Trailer` (and only when the request said `TE: trailers`); `/trailers` above
+        // declares none, so over HTTP/1.1 its trailer is silently dropped at the upstream.
+        let mut r = Response::new(TrailerBody { step: 0 }.boxed());
+        r.headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
+        return r;
     }
     full(200, describe(&req))
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# keel's one test command: installs the test tools when missing, then fmt, clippy and the tests.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+# Works without a terminal or stdin (CI runs it with CI=true and no stdin).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+# Debian packages the tests use: curl, and promtool (from the `prometheus` package) to check
+# the metrics exposition format.
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if ((${#missing[@]} > 0)); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        step "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q </dev/null
+        apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    else
+        echo "warning: ${missing[*]} missing and cannot be installed here (needs root and apt-get);" \
+            "tests that need them may fail or be skipped" >&2
+    fi
+fi
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets $*"
+cargo test --all-targets "$@"
