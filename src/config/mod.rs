@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod raw;
+mod resilience;
 mod validate;
 
 use std::fmt;

@@ -128,15 +128,40 @@ pub struct RouteMatch {
     pub header: Option<(HeaderName, HeaderValue)>,
 }
 
+/// An outcome a route may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// The connection could not be opened: the request was never sent.
+    ConnectFailure,
+    /// The connection broke before a response head.
+    Reset,
+    /// A try took longer than `per_try_timeout`.
+    Timeout,
+    /// Any 5xx response.
+    ServerErrors,
+    /// This response status.
+    Status(u16),
+}
+
 /// Retry policy of a route.
 #[derive(Debug, Clone)]
 pub struct RetryConfig {
     /// Total tries including the first (at least 1).
     pub attempts: u32,
-    /// Time allowed per try.
+    /// Time allowed per try (never more than what is left of the route timeout).
     pub per_try_timeout: Duration,
-    /// Retries allowed as a share of requests.
+    /// Outcomes that are retried.
+    pub on: Vec<RetryOn>,
+    /// First backoff; doubles per retry up to `max_backoff`, full jitter.
+    pub backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+    /// Retries allowed as a share of recent requests to the upstream.
     pub budget_ratio: f64,
+    /// Retries always allowed per second on top of the ratio.
+    pub min_retries_per_second: u32,
+    /// Largest request body buffered so it can be replayed; larger bodies stream, unretried.
+    pub max_body: usize,
 }
 
 /// One route.
@@ -184,6 +209,74 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
 }
 
+/// How an upstream picks an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalancerKind {
+    /// Power of two choices on outstanding requests × peak-EWMA latency.
+    P2c,
+    /// Weighted round robin.
+    RoundRobin,
+    /// Rendezvous hash of a header's value, for stickiness.
+    Hash(http::HeaderName),
+}
+
+/// `[upstreams.NAME.breaker]`.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Whether the breaker acts at all.
+    pub enabled: bool,
+    /// Failures in a row that open it (0: off).
+    pub consecutive_failures: u32,
+    /// Failure share over `window` that opens it (0: off).
+    pub failure_rate: f64,
+    /// Rolling window of the rate conditions.
+    pub window: Duration,
+    /// Calls in the window before a rate can trip.
+    pub min_requests: u32,
+    /// Calls slower than this are slow.
+    pub slow_call_threshold: Duration,
+    /// Slow share that opens it; `None`: latency never trips.
+    pub slow_call_rate: Option<f64>,
+    /// First open time.
+    pub open_for: Duration,
+    /// Longest open time.
+    pub max_open_for: Duration,
+    /// Probes admitted when half-open.
+    pub half_open_probes: u32,
+    /// Statuses that count as failures.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// `[upstreams.NAME.outlier]`.
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    /// Whether endpoints are ever ejected.
+    pub enabled: bool,
+    /// Failures in a row that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Ejection time × times ejected.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Most endpoints ejected at once, percent.
+    pub max_ejected_percent: u32,
+}
+
+/// `health = { ... }`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Path requested with GET.
+    pub path: http::uri::PathAndQuery,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed per check.
+    pub timeout: Duration,
+    /// Failed checks in a row before unhealthy.
+    pub unhealthy_after: u32,
+    /// Passed checks in a row before healthy again.
+    pub healthy_after: u32,
+}
+
 /// One upstream.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -197,6 +290,16 @@ pub struct UpstreamConfig {
     pub dns_refresh: Duration,
     /// Bulkhead limits.
     pub pool: PoolConfig,
+    /// Endpoint choice.
+    pub balancer: BalancerKind,
+    /// Weight of each entry of `endpoints` (same order, at least 1).
+    pub weights: Vec<u32>,
+    /// Circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Per-endpoint ejection.
+    pub outlier: OutlierConfig,
+    /// Active health checks, when configured.
+    pub health: Option<HealthConfig>,
 }
 
 /// Defaults of every limit, in one place so docs, validation and tests agree.
@@ -239,4 +342,46 @@ pub mod defaults {
     pub const RETRY_ATTEMPTS: u32 = 2;
     /// Retry `budget_ratio`.
     pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+    /// Retry `min_retries_per_second`.
+    pub const RETRY_MIN_PER_SECOND: u32 = 5;
+    /// Retry `backoff`.
+    pub const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+    /// Retry `max_backoff`.
+    pub const RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
+    /// Retry `max_body`.
+    pub const RETRY_MAX_BODY: usize = 64 * 1024;
+    /// Breaker `consecutive_failures`.
+    pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
+    /// Breaker `failure_rate`.
+    pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+    /// Breaker `window`.
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
+    /// Breaker `min_requests`.
+    pub const BREAKER_MIN_REQUESTS: u32 = 20;
+    /// Breaker `slow_call_threshold` (only used when `slow_call_rate` is set).
+    pub const BREAKER_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(1);
+    /// Breaker `open_for`.
+    pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+    /// Breaker `max_open_for`.
+    pub const BREAKER_MAX_OPEN_FOR: Duration = Duration::from_secs(60);
+    /// Breaker `half_open_probes`.
+    pub const BREAKER_HALF_OPEN_PROBES: u32 = 3;
+    /// Breaker `failure_statuses`.
+    pub const BREAKER_FAILURE_STATUSES: [u16; 3] = [502, 503, 504];
+    /// Outlier `consecutive_failures`.
+    pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
+    /// Outlier `base_ejection`.
+    pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(10);
+    /// Outlier `max_ejection`.
+    pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+    /// Outlier `max_ejected_percent`.
+    pub const OUTLIER_MAX_EJECTED_PERCENT: u32 = 50;
+    /// Health `interval`.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    /// Health `timeout`.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Health `unhealthy_after`.
+    pub const HEALTH_UNHEALTHY_AFTER: u32 = 3;
+    /// Health `healthy_after`.
+    pub const HEALTH_HEALTHY_AFTER: u32 = 2;
 }

@@ -134,8 +134,18 @@ pub struct RawRetry {
     pub attempts: Option<Int>,
     /// Time allowed for each try.
     pub per_try_timeout: Option<Str>,
-    /// Retries allowed as a share of requests.
+    /// Which outcomes are retried: `connect-failure`, `reset`, `timeout`, `5xx` or a status code.
+    pub on: Option<Spanned<Vec<Str>>>,
+    /// First backoff; doubles per retry, with full jitter.
+    pub backoff: Option<Str>,
+    /// Largest backoff.
+    pub max_backoff: Option<Str>,
+    /// Retries allowed as a share of recent requests to the upstream.
     pub budget_ratio: Option<Spanned<f64>>,
+    /// Retries always allowed per second, on top of the ratio.
+    pub min_retries_per_second: Option<Int>,
+    /// Largest request body kept in memory so it can be sent again, such as "64KiB".
+    pub max_body: Option<Str>,
 }
 
 /// `[upstreams.NAME]`.
@@ -150,6 +160,78 @@ pub struct RawUpstream {
     pub dns_refresh: Option<Str>,
     /// `[upstreams.NAME.pool]`: the bulkhead.
     pub pool: Option<RawPool>,
+    /// `p2c` (default), `round_robin` or `hash`.
+    pub balancer: Option<Str>,
+    /// Header whose value picks the endpoint when `balancer = "hash"`.
+    pub hash_header: Option<Str>,
+    /// Relative weights by endpoint, `{ "host:port" = 3 }`; unlisted endpoints weigh 1.
+    pub weights: Option<Spanned<BTreeMap<Str, Int>>>,
+    /// `[upstreams.NAME.breaker]`: the circuit breaker.
+    pub breaker: Option<Spanned<RawBreaker>>,
+    /// `[upstreams.NAME.outlier]`: per-endpoint ejection.
+    pub outlier: Option<RawOutlier>,
+    /// `health = { ... }`: active health checks.
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+/// `[upstreams.NAME.breaker]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// `false` turns the breaker off.
+    pub enabled: Option<bool>,
+    /// Failures in a row that open the breaker (0: this condition off).
+    pub consecutive_failures: Option<Int>,
+    /// Failure share over `window` that opens it (0: off).
+    pub failure_rate: Option<Spanned<f64>>,
+    /// Rolling window of the rate conditions.
+    pub window: Option<Str>,
+    /// Calls in the window before a rate can trip.
+    pub min_requests: Option<Int>,
+    /// Calls slower than this count as slow.
+    pub slow_call_threshold: Option<Str>,
+    /// Slow share over `window` that opens it (off unless set).
+    pub slow_call_rate: Option<Spanned<f64>>,
+    /// First open time.
+    pub open_for: Option<Str>,
+    /// Longest open time after repeated opens.
+    pub max_open_for: Option<Str>,
+    /// Probe requests let through when half-open.
+    pub half_open_probes: Option<Int>,
+    /// Response statuses that count as failures.
+    pub failure_statuses: Option<Spanned<Vec<Int>>>,
+}
+
+/// `[upstreams.NAME.outlier]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// `false` turns ejection off.
+    pub enabled: Option<bool>,
+    /// Failures in a row that eject an endpoint.
+    pub consecutive_failures: Option<Int>,
+    /// Ejection time, multiplied by the times ejected.
+    pub base_ejection: Option<Str>,
+    /// Longest ejection.
+    pub max_ejection: Option<Str>,
+    /// Most endpoints ejected at once, in percent.
+    pub max_ejected_percent: Option<Int>,
+}
+
+/// `health = { ... }` of an upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Path requested with GET; 2xx is healthy.
+    pub path: Option<Str>,
+    /// Time between checks.
+    pub interval: Option<Str>,
+    /// Time allowed per check.
+    pub timeout: Option<Str>,
+    /// Failed checks in a row that mark an endpoint unhealthy.
+    pub unhealthy_after: Option<Int>,
+    /// Passed checks in a row that mark it healthy again.
+    pub healthy_after: Option<Int>,
 }
 
 /// `[upstreams.NAME.pool]`.

@@ -17,7 +17,7 @@ use super::model::{self, defaults, *};
 use super::raw::{self, Int, RawConfig, Str};
 use super::{did_you_mean, ConfigError};
 
-type Errors = Vec<ConfigError>;
+pub(super) type Errors = Vec<ConfigError>;
 
 /// Turns the raw file into the runtime model; `None` never happens today but keeps room for
 /// checks that cannot produce a model at all.
@@ -290,35 +290,9 @@ fn validate_route(
         (None, None) => "unnamed".into(),
     };
     let timeout = duration(route.timeout.as_ref(), defaults::ROUTE_TIMEOUT, errors);
-    let retry = route.retry.map(|r| {
-        let r_span = r.span();
-        let r = r.into_inner();
-        let attempts = limit(r.attempts.as_ref(), defaults::RETRY_ATTEMPTS as usize, 1, errors);
-        let per_try_timeout = duration(r.per_try_timeout.as_ref(), timeout, errors);
-        if per_try_timeout >= timeout && r.per_try_timeout.is_some() {
-            let at = r.per_try_timeout.as_ref().map_or(r_span.clone(), Spanned::span);
-            errors.push(
-                ConfigError::new(at, "per_try_timeout must be shorter than the route's timeout")
-                    .with_hint(format!("the route timeout ({}) spans every try; lower per_try_timeout or raise timeout", humantime::format_duration(timeout))),
-            );
-        }
-        let budget_ratio = match &r.budget_ratio {
-            None => defaults::RETRY_BUDGET_RATIO,
-            Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
-            Some(b) => {
-                errors.push(
-                    ConfigError::new(b.span(), "budget_ratio must be between 0.0 and 1.0")
-                        .with_hint("0.2 allows one retry for every five requests"),
-                );
-                defaults::RETRY_BUDGET_RATIO
-            }
-        };
-        RetryConfig {
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            per_try_timeout,
-            budget_ratio,
-        }
-    });
+    let retry = route
+        .retry
+        .map(|r| super::resilience::retry(r, timeout, errors));
     let matcher = route
         .matcher
         .map(|m| validate_match(m.into_inner(), errors))
@@ -466,7 +440,7 @@ fn validate_upstreams(
                 None => {
                     errors.push(
                         ConfigError::missing(
-                            span,
+                            span.clone(),
                             format!("upstream `{}` has no `endpoints`", name.get_ref()),
                         )
                         .with_hint("add endpoints = [\"host:port\"]"),
@@ -475,7 +449,21 @@ fn validate_upstreams(
                 }
             };
             let pool = upstream.pool.unwrap_or_default();
+            let weights = super::resilience::weights(upstream.weights, &endpoints, errors);
+            let balancer = super::resilience::balancer(
+                upstream.balancer.as_ref(),
+                upstream.hash_header.as_ref(),
+                &span,
+                errors,
+            );
             UpstreamConfig {
+                balancer,
+                weights,
+                breaker: super::resilience::breaker(upstream.breaker, errors),
+                outlier: super::resilience::outlier(upstream.outlier.unwrap_or_default(), errors),
+                health: upstream
+                    .health
+                    .map(|h| super::resilience::health(h, errors)),
                 name: name.into_inner().into(),
                 endpoints,
                 connect_timeout: duration(
@@ -589,7 +577,7 @@ fn socket_addr(value: Option<&Str>, default: &str, errors: &mut Errors) -> Socke
     }
 }
 
-fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duration> {
+pub(super) fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duration> {
     match humantime::parse_duration(value.get_ref()) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -606,7 +594,7 @@ fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duration> {
 }
 
 /// A positive duration.
-fn duration(value: Option<&Str>, default: Duration, errors: &mut Errors) -> Duration {
+pub(super) fn duration(value: Option<&Str>, default: Duration, errors: &mut Errors) -> Duration {
     let Some(value) = value else { return default };
     match parse_duration(value, errors) {
         Some(d) if d.is_zero() => {
@@ -623,13 +611,17 @@ fn duration(value: Option<&Str>, default: Duration, errors: &mut Errors) -> Dura
 }
 
 /// A duration that may be zero.
-fn duration_or_zero(value: Option<&Str>, default: Duration, errors: &mut Errors) -> Duration {
+pub(super) fn duration_or_zero(
+    value: Option<&Str>,
+    default: Duration,
+    errors: &mut Errors,
+) -> Duration {
     value
         .and_then(|v| parse_duration(v, errors))
         .unwrap_or(default)
 }
 
-fn limit(value: Option<&Int>, default: usize, min: i64, errors: &mut Errors) -> usize {
+pub(super) fn limit(value: Option<&Int>, default: usize, min: i64, errors: &mut Errors) -> usize {
     let Some(value) = value else { return default };
     match usize::try_from(*value.get_ref()) {
         Ok(n) if *value.get_ref() >= min => n,
@@ -646,7 +638,7 @@ fn limit(value: Option<&Int>, default: usize, min: i64, errors: &mut Errors) -> 
     }
 }
 
-fn non_zero(value: Option<&Int>, default: usize, errors: &mut Errors) -> NonZeroUsize {
+pub(super) fn non_zero(value: Option<&Int>, default: usize, errors: &mut Errors) -> NonZeroUsize {
     let n = limit(value, default, 1, errors);
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
