@@ -40,6 +40,12 @@ pub enum ProxyError {
     /// The upstream's bulkhead is full.
     #[error("bulkhead of upstream rejected the request ({})", .0.as_str())]
     BulkheadFull(Rejection),
+    /// The upstream's circuit breaker is open: fail fast without touching the upstream.
+    #[error("circuit breaker of upstream is open")]
+    CircuitOpen {
+        /// Time until the breaker lets a probe through.
+        retry_after: Duration,
+    },
     /// The upstream has no endpoint address (DNS gave nothing).
     #[error("upstream has no resolved endpoint")]
     NoEndpoint,
@@ -64,6 +70,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BulkheadFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
@@ -77,6 +84,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::NoRoute => "no-route",
             ProxyError::BulkheadFull(_) => "bulkhead-full",
+            ProxyError::CircuitOpen { .. } => "circuit-open",
             ProxyError::NoEndpoint => "upstream-connect",
             ProxyError::UpstreamConnect(_) => "upstream-connect",
             ProxyError::UpstreamReset(_) => "upstream-reset",
@@ -88,7 +96,10 @@ impl ProxyError {
     /// keel's own rejections and client mistakes never do.
     pub fn is_upstream_failure(&self) -> bool {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::NoRoute | ProxyError::BulkheadFull(_) => false,
+            ProxyError::BadRequest(_)
+            | ProxyError::NoRoute
+            | ProxyError::BulkheadFull(_)
+            | ProxyError::CircuitOpen { .. } => false,
             ProxyError::NoEndpoint
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)

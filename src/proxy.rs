@@ -23,7 +23,8 @@ use crate::error::ProxyError;
 use crate::router;
 use crate::server::conn::{ConnWatch, RequestMark};
 use crate::upstream::bulkhead::BulkheadPermit;
-use crate::upstream::Upstream;
+use crate::upstream::retry::{self, RetryBudget, UpstreamBody};
+use crate::upstream::{CallOptions, CallSuccess, Upstream};
 
 /// Everything a request needs that can change on reload: the config and the upstreams built
 /// from it, swapped together.
@@ -33,6 +34,38 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// One per `config.upstreams` entry, same order.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Per listener, per route: state that lives as long as the route (its retry budget).
+    pub routes: Vec<Vec<RouteState>>,
+}
+
+/// Runtime state of one route.
+#[derive(Debug)]
+pub struct RouteState {
+    /// The retry budget, when the route retries.
+    pub budget: Option<RetryBudget>,
+}
+
+impl Runtime {
+    /// Builds route state for `config` around already-built upstreams.
+    pub fn new(config: Arc<Config>, upstreams: Vec<Arc<Upstream>>) -> Self {
+        let routes = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.routes
+                    .iter()
+                    .map(|r| RouteState {
+                        budget: r.retry.as_ref().map(RetryBudget::new),
+                    })
+                    .collect()
+            })
+            .collect();
+        Runtime {
+            config,
+            upstreams,
+            routes,
+        }
+    }
 }
 
 /// Per-connection context, built once when a connection is accepted.
@@ -87,8 +120,19 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if matches!(err, ProxyError::BadRequest(_)) {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    match err {
+        ProxyError::BadRequest(_) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        ProxyError::CircuitOpen { retry_after } => {
+            // Whole seconds, rounded up, at least 1: when the next probe may pass.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
+            );
+        }
+        _ => {}
     }
     response
 }
@@ -98,6 +142,7 @@ fn error_body(reason: &'static str) -> &'static str {
         "bad-request" => "keel: bad request\n",
         "no-route" => "keel: no route matches this request\n",
         "bulkhead-full" => "keel: upstream is at its concurrency limit\n",
+        "circuit-open" => "keel: upstream is failing; circuit breaker open\n",
         "upstream-connect" => "keel: could not connect to upstream\n",
         "upstream-reset" => "keel: upstream connection failed\n",
         "upstream-timeout" => "keel: upstream did not answer in time\n",
@@ -112,29 +157,66 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     let authority = request_authority(&req)?;
-    let runtime = ctx.runtime.load();
+    // One atomic load per request; the Arc keeps this config alive while the request runs.
+    let runtime = ctx.runtime.load_full();
     let listener = runtime
         .config
         .listeners
         .get(ctx.listener)
         .ok_or(ProxyError::NoRoute)?;
     let host = router::strip_port(authority.as_str());
-    let route = router::route(&listener.routes, host, req.uri().path(), req.headers())
-        .ok_or(ProxyError::NoRoute)?;
+    let (route_index, route) =
+        router::route(&listener.routes, host, req.uri().path(), req.headers())
+            .ok_or(ProxyError::NoRoute)?;
     let upstream = runtime
         .upstreams
         .get(route.upstream)
         .ok_or(ProxyError::NoRoute)?
         .clone();
+    let budget = runtime
+        .routes
+        .get(ctx.listener)
+        .and_then(|routes| routes.get(route_index))
+        .and_then(|state| state.budget.as_ref());
     let timeout = route.timeout;
     let deadline = started + timeout;
-    drop(runtime);
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(ctx, &mut req, &authority, upgrade)?;
 
-    let (mut response, permit) = upstream.call(req, deadline, timeout).await?;
+    let idempotent = retry::is_idempotent(req.method(), req.headers());
+    let hash_key = upstream
+        .balancer
+        .hash_header()
+        .and_then(|name| req.headers().get(name))
+        .cloned();
+    let (parts, body) = req.into_parts();
+    let retry = route.retry.as_ref().zip(budget);
+    let body = match retry {
+        // Keep small bodies in memory so a retry can resend them.
+        Some((policy, _)) => {
+            retry::buffer_for_replay(body, policy.max_body)
+                .await
+                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?
+                .0
+        }
+        None => UpstreamBody::Stream(body),
+    };
+    let options = CallOptions {
+        deadline,
+        timeout,
+        retry,
+        idempotent,
+        hash_key: hash_key.as_ref().map(HeaderValue::as_bytes),
+    };
+    let CallSuccess {
+        mut response,
+        permit,
+        ..
+    } = upstream
+        .call(Request::from_parts(parts, body), options)
+        .await?;
 
     if let Some(on_client) = client_upgrade {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {

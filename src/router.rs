@@ -20,24 +20,25 @@ pub fn strip_port(authority: &str) -> &str {
     authority.split(':').next().unwrap_or(authority)
 }
 
-/// Picks the first matching route; `host` is lowercase without port.
+/// Picks the first matching route and its index; `host` is without port, any case.
 pub fn route<'a>(
     routes: &'a [RouteConfig],
     host: &str,
     path: &str,
     headers: &HeaderMap,
-) -> Option<&'a RouteConfig> {
+) -> Option<(usize, &'a RouteConfig)> {
     routes
         .iter()
-        .find(|r| matches(&r.matcher, host, path, headers))
+        .enumerate()
+        .find(|(_, r)| matches(&r.matcher, host, path, headers))
 }
 
-/// Routes a request head (convenience for tests and callers holding `Parts`).
+/// Routes a request head (convenience for callers holding `Parts`).
 pub fn route_parts<'a>(
     routes: &'a [RouteConfig],
     host: &str,
     parts: &Parts,
-) -> Option<&'a RouteConfig> {
+) -> Option<(usize, &'a RouteConfig)> {
     route(routes, host, parts.uri.path(), &parts.headers)
 }
 
@@ -94,8 +95,8 @@ mod tests {
             .routes
     }
 
-    fn name(r: Option<&RouteConfig>) -> Option<&str> {
-        r.map(|r| &*r.name)
+    fn name(r: Option<(usize, &RouteConfig)>) -> Option<&str> {
+        r.map(|(_, r)| &*r.name)
     }
 
     #[test]

@@ -95,7 +95,7 @@ async fn round_robin_across_endpoints() {
     let b = upstream(Behaviour::Respond).await;
     let keel = spawn_keel(&format!(
         "[[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n[[listeners.routes]]\nupstream = \"up\"\n\
-         [upstreams.up]\nendpoints = [\"{}\", \"{}\"]\n",
+         [upstreams.up]\nbalancer = \"round_robin\"\nendpoints = [\"{}\", \"{}\"]\n",
         a.addr, b.addr
     ))
     .await;

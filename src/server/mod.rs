@@ -63,10 +63,7 @@ pub async fn build_runtime(config: Config) -> Runtime {
     for upstream in &config.upstreams {
         upstreams.push(Upstream::new(upstream.clone()).await);
     }
-    Runtime {
-        config: Arc::new(config),
-        upstreams,
-    }
+    Runtime::new(Arc::new(config), upstreams)
 }
 
 /// Binds everything and starts serving.

@@ -1,30 +1,62 @@
-//! An upstream: a named service with its endpoints, connection pool and bulkhead.
+//! An upstream: a named service with its endpoints, pool, bulkhead, breaker, balancer, health
+//! checks and retries.
 //!
-//! `call` is the one entry point: bulkhead slot → endpoint (round robin) → pool send under the
-//! route deadline. Failures come back as typed [`ProxyError`]s; this module never builds HTTP
-//! responses and never logs request errors.
+//! [`Upstream::call`] is the one entry point, in this order: breaker admission (Open → 503
+//! `circuit-open`, no socket, no slot) → bulkhead slot → for each attempt: pick an endpoint
+//! (P2C, skipping ejected and unhealthy ones, avoiding the last one on a retry) → send before
+//! the per-try deadline → record the outcome in breaker, balancer and ejection → retry if the
+//! policy, the method, the replayable body, the budget and the deadline all allow it.
+//! Failures come back as typed [`ProxyError`]s; this module never builds HTTP responses.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod balancer;
 pub mod breaker;
 pub mod bulkhead;
+pub mod health;
 pub mod pool;
+pub mod retry;
 
 use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::config::model::{EndpointAddr, UpstreamConfig};
+use crate::config::model::{EndpointAddr, RetryConfig, UpstreamConfig};
 use crate::error::ProxyError;
+use balancer::{random_unit, Balancer, Endpoint, EndpointResult, EndpointState};
+use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
 use bulkhead::{Bulkhead, BulkheadPermit};
 use pool::{ConnectError, Pool};
+use retry::{AttemptOutcome, RetryBudget, UpstreamBody};
+
+/// Longest wait for one DNS answer; a slow resolver must not hold up start or refresh.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Counters of what the upstream's protections did, for admin output and metrics.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Requests rejected because the breaker was open.
+    pub rejected_circuit_open: AtomicU64,
+    /// Requests rejected by the bulkhead.
+    pub rejected_bulkhead_full: AtomicU64,
+    /// Retries sent.
+    pub retries: AtomicU64,
+    /// Retries wanted but refused by the budget.
+    pub retries_budget_exhausted: AtomicU64,
+    /// Endpoint ejections.
+    pub ejections: AtomicU64,
+    /// Breaker transitions.
+    pub breaker_transitions: AtomicU64,
+}
 
 /// One upstream service.
 #[derive(Debug)]
@@ -37,46 +69,79 @@ pub struct Upstream {
     pub bulkhead: Bulkhead,
     /// Connections.
     pub pool: Pool,
-    /// Resolved endpoint addresses, with their pool authorities prebuilt; swapped whole on refresh.
+    /// Endpoint choice and per-endpoint state.
+    pub balancer: Balancer,
+    /// Protection counters.
+    pub stats: UpstreamStats,
+    // Held for a few field updates per call; never across an await.
+    breaker: Mutex<Breaker>,
     endpoints: ArcSwap<Vec<Endpoint>>,
-    next: AtomicUsize,
 }
 
-/// A resolved endpoint address.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// Socket address dialed.
-    pub addr: SocketAddr,
-    /// Index of the configured endpoint (`host:port` entry) it was resolved from.
-    pub source: usize,
-    authority: Authority,
+/// What a call needs from its route and request.
+#[derive(Debug)]
+pub struct CallOptions<'a> {
+    /// The route deadline (covers every attempt).
+    pub deadline: Instant,
+    /// The route timeout, for the error message.
+    pub timeout: Duration,
+    /// Retry policy and budget, when the route retries.
+    pub retry: Option<(&'a RetryConfig, &'a RetryBudget)>,
+    /// Whether the method (or `Idempotency-Key`) allows resending a request that was sent.
+    pub idempotent: bool,
+    /// Key for the hash balancer.
+    pub hash_key: Option<&'a [u8]>,
 }
 
-impl Endpoint {
-    fn new(addr: SocketAddr, source: usize) -> Option<Self> {
-        let authority = Authority::try_from(addr.to_string().as_str()).ok()?;
-        Some(Endpoint {
-            addr,
-            source,
-            authority,
-        })
+/// A response head and what must live as long as its body.
+#[derive(Debug)]
+pub struct CallSuccess {
+    /// The upstream's response.
+    pub response: Response<Incoming>,
+    /// The bulkhead slot, released when the body is done.
+    pub permit: BulkheadPermit,
+    /// The endpoint that answered.
+    pub endpoint: SocketAddr,
+    /// Attempts made (1 without retries).
+    pub attempts: u32,
+}
+
+/// Cancels a half-open probe that ends without a verdict (client gone, bulkhead full).
+struct ProbeGuard<'a> {
+    upstream: &'a Upstream,
+    armed: bool,
+}
+
+impl ProbeGuard<'_> {
+    fn take(&mut self) -> bool {
+        std::mem::replace(&mut self.armed, false)
     }
 }
 
-/// Longest wait for one DNS answer; a slow resolver must not hold up start or refresh.
-const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Ok(mut breaker) = self.upstream.breaker.lock() {
+                breaker.cancel_probe();
+            }
+        }
+    }
+}
 
 impl Upstream {
-    /// Builds the upstream and resolves its endpoints once. Names that do not resolve yet are
-    /// logged and retried by the refresh task; requests get 503 while none resolves.
+    /// Builds the upstream, resolves its endpoints once and starts DNS refresh and health
+    /// checks when they apply. Names that do not resolve yet are retried by the refresh task;
+    /// requests get 503 while none resolves.
     pub async fn new(config: UpstreamConfig) -> Arc<Self> {
-        let endpoints = resolve_all(&config.name, &config.endpoints, &[]).await;
+        let endpoints = resolve_all(&config.name, &config.endpoints, &config.weights, &[]).await;
         let upstream = Arc::new(Upstream {
             name: config.name.clone(),
             bulkhead: Bulkhead::new(&config.pool),
             pool: Pool::new(&config),
+            balancer: Balancer::new(config.balancer.clone(), config.outlier.clone()),
+            stats: UpstreamStats::default(),
+            breaker: Mutex::new(Breaker::new(config.breaker.clone(), Instant::now())),
             endpoints: ArcSwap::from_pointee(endpoints),
-            next: AtomicUsize::new(0),
             config,
         });
         if upstream
@@ -87,6 +152,9 @@ impl Upstream {
         {
             tokio::spawn(refresh_dns(Arc::downgrade(&upstream)));
         }
+        if let Some(health) = upstream.config.health.clone() {
+            tokio::spawn(health::run(Arc::downgrade(&upstream), health));
+        }
         upstream
     }
 
@@ -95,51 +163,230 @@ impl Upstream {
         self.endpoints.load_full()
     }
 
-    /// Sends a request (URI in origin form, headers already prepared) and returns the response
-    /// head with the bulkhead slot, which the caller keeps until the body is done.
+    /// The breaker's state, since when, and why.
+    pub fn breaker_state(&self) -> (BreakerState, Instant, &'static str) {
+        match self.breaker.lock() {
+            Ok(b) => (b.state(), b.since(), b.reason()),
+            Err(_) => (BreakerState::Closed, Instant::now(), "unknown"),
+        }
+    }
+
+    fn admit(&self, now: Instant) -> Result<ProbeGuard<'_>, ProxyError> {
+        let (admission, transition) = match self.breaker.lock() {
+            Ok(mut breaker) => breaker.admit(now),
+            Err(_) => (Admission::Allowed, None),
+        };
+        if let Some(t) = transition {
+            self.log_transition(t);
+        }
+        match admission {
+            Admission::Allowed => Ok(ProbeGuard {
+                upstream: self,
+                armed: false,
+            }),
+            Admission::Probe => Ok(ProbeGuard {
+                upstream: self,
+                armed: true,
+            }),
+            Admission::Rejected { retry_after } => {
+                self.stats
+                    .rejected_circuit_open
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::CircuitOpen { retry_after })
+            }
+        }
+    }
+
+    fn log_transition(&self, t: Transition) {
+        self.stats
+            .breaker_transitions
+            .fetch_add(1, Ordering::Relaxed);
+        if t.to == BreakerState::Open {
+            tracing::warn!(upstream = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = t.reason, "circuit breaker opened");
+        } else {
+            tracing::info!(upstream = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = t.reason, "circuit breaker changed state");
+        }
+    }
+
+    /// Records an attempt's outcome in the breaker and the balancer.
+    fn record(
+        &self,
+        endpoints: &[Endpoint],
+        endpoint: &Endpoint,
+        failed: bool,
+        latency: Duration,
+        probe: bool,
+    ) {
+        let now = Instant::now();
+        let transition = match self.breaker.lock() {
+            Ok(mut breaker) => {
+                let result = if failed {
+                    CallResult::Failure
+                } else {
+                    let slow = breaker.slow_call_threshold().is_some_and(|t| latency > t);
+                    CallResult::Success { slow }
+                };
+                breaker.record(now, result, probe, random_unit())
+            }
+            Err(_) => None,
+        };
+        if let Some(t) = transition {
+            self.log_transition(t);
+        }
+        let result = if failed {
+            EndpointResult::Failure
+        } else {
+            EndpointResult::Success
+        };
+        if self
+            .balancer
+            .record(endpoints, endpoint, result, latency, now)
+        {
+            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, endpoint = %endpoint.addr, "endpoint ejected after consecutive failures");
+        }
+    }
+
+    fn is_failure_status(&self, status: u16) -> bool {
+        self.breaker
+            .lock()
+            .map(|b| b.is_failure_status(status))
+            .unwrap_or(false)
+    }
+
+    /// Sends a request (origin-form URI, headers prepared) with the upstream's protections and
+    /// the route's retry policy.
     pub async fn call(
         &self,
-        mut req: Request<Incoming>,
-        deadline: Instant,
-        timeout: std::time::Duration,
-    ) -> Result<(Response<Incoming>, BulkheadPermit), ProxyError> {
-        let permit = self
-            .bulkhead
-            .acquire()
-            .await
-            .map_err(ProxyError::BulkheadFull)?;
-        let endpoint = self.pick().ok_or(ProxyError::NoEndpoint)?;
-        let path = req
-            .uri()
+        req: Request<UpstreamBody>,
+        options: CallOptions<'_>,
+    ) -> Result<CallSuccess, ProxyError> {
+        let mut probe = self.admit(Instant::now())?;
+        let permit = self.bulkhead.acquire().await.map_err(|rejection| {
+            self.stats
+                .rejected_bulkhead_full
+                .fetch_add(1, Ordering::Relaxed);
+            ProxyError::BulkheadFull(rejection)
+        })?;
+        if let Some((_, budget)) = options.retry {
+            budget.deposit(Instant::now());
+        }
+        let (parts, body) = req.into_parts();
+        // Only a body held in memory can be sent twice.
+        let replay: Option<Bytes> = match (&body, options.retry) {
+            (UpstreamBody::Buffered(Some(bytes)), Some(_)) => Some(bytes.clone()),
+            _ => None,
+        };
+        let mut body = Some(body);
+        let path = parts
+            .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(endpoint.authority);
-        parts.path_and_query = Some(path);
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|e| ProxyError::UpstreamConnect(e.into()))?;
-        match tokio::time::timeout_at(deadline, self.pool.client.request(req)).await {
-            Ok(Ok(response)) => Ok((response, permit)),
-            Ok(Err(err)) => Err(classify(err)),
-            Err(_elapsed) => Err(ProxyError::UpstreamTimeout(timeout)),
-        }
-    }
+        let mut exclude = None;
+        let mut attempt = 1u32;
+        loop {
+            let endpoints = self.endpoints.load_full();
+            let (endpoint, outstanding) = self
+                .balancer
+                .pick(&endpoints, Instant::now(), exclude, options.hash_key)
+                .ok_or(ProxyError::NoEndpoint)?;
+            let attempt_body = match body.take() {
+                Some(b) => b,
+                None => UpstreamBody::Buffered(replay.clone()),
+            };
+            let mut request = Request::new(attempt_body);
+            *request.method_mut() = parts.method.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path.clone());
+            *request.uri_mut() =
+                Uri::from_parts(uri).map_err(|e| ProxyError::UpstreamConnect(e.into()))?;
 
-    fn pick(&self) -> Option<Endpoint> {
-        let endpoints = self.endpoints.load();
-        if endpoints.is_empty() {
-            return None;
+            let started = Instant::now();
+            let try_deadline = match options.retry {
+                Some((policy, _)) => options.deadline.min(started + policy.per_try_timeout),
+                None => options.deadline,
+            };
+            let sent =
+                tokio::time::timeout_at(try_deadline, self.pool.client.request(request)).await;
+            let latency = started.elapsed();
+            drop(outstanding);
+            let outcome: Result<Response<Incoming>, (ProxyError, AttemptOutcome)> = match sent {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(err)) => Err(classify(err)),
+                Err(_elapsed) => {
+                    let limit = if try_deadline < options.deadline {
+                        try_deadline.saturating_duration_since(started)
+                    } else {
+                        options.timeout
+                    };
+                    Err((ProxyError::UpstreamTimeout(limit), AttemptOutcome::Timeout))
+                }
+            };
+            let failed = match &outcome {
+                Ok(response) => self.is_failure_status(response.status().as_u16()),
+                Err(_) => true,
+            };
+            self.record(&endpoints, endpoint, failed, latency, probe.take());
+
+            let attempt_outcome = match &outcome {
+                Ok(response) => AttemptOutcome::Status(response.status().as_u16()),
+                Err((_, o)) => *o,
+            };
+            if let (Some((policy, budget)), Some(_)) = (options.retry, replay.as_ref()) {
+                let wanted = attempt < policy.attempts
+                    && retry::should_retry(policy, attempt_outcome, options.idempotent);
+                if wanted {
+                    let now = Instant::now();
+                    let left = options.deadline.saturating_duration_since(now);
+                    let wait = match outcome
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| retry::retry_after(r.headers()))
+                    {
+                        Some(after) => after,
+                        None => retry::backoff(policy, attempt, random_unit()),
+                    };
+                    if wait < left {
+                        if budget.try_withdraw(now) {
+                            if let Ok(next_probe) = self.admit(now) {
+                                probe = next_probe;
+                                drop(outcome);
+                                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(upstream = %self.name, attempt, endpoint = %endpoint.addr, "retrying");
+                                exclude = Some(endpoint.addr);
+                                attempt += 1;
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
+                        } else {
+                            self.stats
+                                .retries_budget_exhausted
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            return match outcome {
+                Ok(response) => Ok(CallSuccess {
+                    response,
+                    permit,
+                    endpoint: endpoint.addr,
+                    attempts: attempt,
+                }),
+                Err((err, _)) => Err(err),
+            };
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        endpoints.get(i).cloned()
     }
 }
 
-/// Maps a client error once, by type: connect failures (refused, timed out) are
+/// Maps a client error once, by type: connect failures (refused, timed out: never sent) are
 /// `upstream-connect`, everything after the connection was up is `upstream-reset`.
-fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(err: hyper_util::client::legacy::Error) -> (ProxyError, AttemptOutcome) {
     let connect = err.is_connect() || {
         let mut source = err.source();
         let mut found = false;
@@ -153,22 +400,38 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
         found
     };
     if connect {
-        ProxyError::UpstreamConnect(Box::new(err))
+        (
+            ProxyError::UpstreamConnect(Box::new(err)),
+            AttemptOutcome::ConnectFailure,
+        )
     } else {
-        ProxyError::UpstreamReset(Box::new(err))
+        (
+            ProxyError::UpstreamReset(Box::new(err)),
+            AttemptOutcome::Reset,
+        )
     }
 }
 
-/// Resolves every endpoint; a name that fails keeps its `previous` addresses.
+/// Resolves every endpoint; a name that fails keeps its `previous` addresses. Endpoint state
+/// (latency, ejection, health) carries over for addresses seen before.
 async fn resolve_all(
     upstream: &str,
     endpoints: &[EndpointAddr],
+    weights: &[u32],
     previous: &[Endpoint],
 ) -> Vec<Endpoint> {
+    let state_for = |addr: SocketAddr| {
+        previous
+            .iter()
+            .find(|p| p.addr == addr)
+            .map_or_else(|| Arc::new(EndpointState::default()), |p| p.state.clone())
+    };
     let mut out = Vec::with_capacity(endpoints.len());
     for (source, endpoint) in endpoints.iter().enumerate() {
+        let weight = weights.get(source).copied().unwrap_or(1);
         if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
-            out.extend(Endpoint::new(SocketAddr::new(ip, endpoint.port), source));
+            let addr = SocketAddr::new(ip, endpoint.port);
+            out.extend(Endpoint::new(addr, source, weight, state_for(addr)));
             continue;
         }
         let lookup = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port));
@@ -177,7 +440,11 @@ async fn resolve_all(
                 let mut addrs: Vec<SocketAddr> = addrs.collect();
                 addrs.sort();
                 addrs.dedup();
-                out.extend(addrs.into_iter().filter_map(|a| Endpoint::new(a, source)));
+                out.extend(
+                    addrs
+                        .into_iter()
+                        .filter_map(|a| Endpoint::new(a, source, weight, state_for(a))),
+                );
                 continue;
             }
             Ok(Err(err)) => err.to_string(),
@@ -202,7 +469,13 @@ async fn refresh_dns(upstream: Weak<Upstream>) {
         ticker.tick().await;
         let Some(up) = upstream.upgrade() else { return };
         let previous = up.endpoints.load_full();
-        let fresh = resolve_all(&up.name, &up.config.endpoints, &previous).await;
+        let fresh = resolve_all(
+            &up.name,
+            &up.config.endpoints,
+            &up.config.weights,
+            &previous,
+        )
+        .await;
         let changed = fresh.len() != previous.len()
             || fresh
                 .iter()

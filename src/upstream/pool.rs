@@ -21,7 +21,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -173,7 +172,7 @@ impl Write for PooledIo {
 #[derive(Debug)]
 pub struct Pool {
     /// The pooled client; requests carry `http://IP:port` URIs chosen by the balancer.
-    pub client: Client<Connector, Incoming>,
+    pub client: Client<Connector, super::retry::UpstreamBody>,
     slots: Arc<Semaphore>,
     max_connections: usize,
     /// Counters.
