@@ -1,7 +1,10 @@
-//! The admin listener (loopback by default): `/live` and `/ready` for orchestrator probes.
+//! The admin listener (loopback by default): `/live` and `/ready` for orchestrator probes, and
+//! `/upstreams` for operators.
 //!
 //! `/ready` answers 503 until every listener is bound and again from the moment a drain starts,
-//! so load balancers stop sending before keel stops accepting.
+//! so load balancers stop sending before keel stops accepting. `/upstreams` shows, per upstream,
+//! the breaker state (since when and why), bulkhead and pool gauges, protection counters, and
+//! each endpoint's address, load, health and ejection.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +17,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use arc_swap::ArcSwap;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
 use crate::body::ProxyBody;
+use crate::proxy::Runtime;
 use crate::server::shutdown::ShutdownSignal;
+use crate::upstream::Upstream;
 
 /// Process-wide health flags read by the probes.
 #[derive(Debug, Default)]
@@ -35,7 +44,86 @@ impl Health {
     }
 }
 
-fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// The `/upstreams` document.
+pub fn upstreams_json(runtime: &Runtime) -> Value {
+    let now = Instant::now();
+    Value::Array(
+        runtime
+            .upstreams
+            .iter()
+            .map(|u| upstream_json(u, now))
+            .collect(),
+    )
+}
+
+fn upstream_json(u: &Upstream, now: Instant) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (state, since, reason) = u.breaker_state();
+    let endpoints: Vec<Value> = u
+        .endpoints()
+        .iter()
+        .map(|e| {
+            let ejected = u.balancer.is_ejected(e, now);
+            json!({
+                "address": e.addr.to_string(),
+                "configured": u.config.endpoints.get(e.source).map(ToString::to_string),
+                "weight": e.weight,
+                "outstanding": e.state.outstanding.load(Relaxed),
+                "healthy": e.state.healthy.load(Relaxed),
+                "ejected": ejected,
+                "ejected_for_seconds": if ejected { u.balancer.ejected_for(e, now).as_secs_f64() } else { 0.0 },
+                "times_ejected": e.state.times_ejected.load(Relaxed),
+            })
+        })
+        .collect();
+    json!({
+        "name": &*u.name,
+        "breaker": {
+            "state": state.as_str(),
+            "since_seconds": now.saturating_duration_since(since).as_secs_f64(),
+            "reason": reason,
+        },
+        "bulkhead": {
+            "active": u.bulkhead.active(),
+            "pending": u.bulkhead.pending(),
+            "max_requests": u.config.pool.max_requests.get(),
+            "max_pending": u.config.pool.max_pending,
+        },
+        "pool": {
+            "open_connections": u.pool.open_connections(),
+            "max_connections": u.config.pool.max_connections.get(),
+        },
+        "counters": {
+            "rejected_circuit_open": u.stats.rejected_circuit_open.load(Relaxed),
+            "rejected_bulkhead_full": u.stats.rejected_bulkhead_full.load(Relaxed),
+            "retries": u.stats.retries.load(Relaxed),
+            "retries_budget_exhausted": u.stats.retries_budget_exhausted.load(Relaxed),
+            "ejections": u.stats.ejections.load(Relaxed),
+            "breaker_transitions": u.stats.breaker_transitions.load(Relaxed),
+            "panic_picks": u.balancer.panic_picks.load(Relaxed),
+        },
+        "endpoints": endpoints,
+    })
+}
+
+fn json_response(value: &Value) -> Response<ProxyBody> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut response = Response::new(ProxyBody::bytes(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn respond(
+    health: &Health,
+    runtime: &ArcSwap<Runtime>,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    if matches!(req.method(), &Method::GET) && req.uri().path() == "/upstreams" {
+        return json_response(&upstreams_json(&runtime.load()));
+    }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/live") => (StatusCode::OK, "live\n"),
         (&Method::GET | &Method::HEAD, "/ready") if health.is_ready() => {
@@ -45,7 +133,10 @@ fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
             (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
         }
         (_, "/live" | "/ready") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        _ => (StatusCode::NOT_FOUND, "keel admin: /live, /ready\n"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "keel admin: /live, /ready, /upstreams\n",
+        ),
     };
     let mut response = Response::new(ProxyBody::text(body));
     *response.status_mut() = status;
@@ -57,7 +148,12 @@ fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
 }
 
 /// Serves admin requests until `stop` fires.
-pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut stop: ShutdownSignal) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    mut stop: ShutdownSignal,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
@@ -73,8 +169,9 @@ pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut stop: 
             () = stop.triggered() => return,
         };
         let health = health.clone();
+        let runtime = runtime.clone();
         let service = service_fn(move |req| {
-            let response = respond(&health, &req);
+            let response = respond(&health, &runtime, &req);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder

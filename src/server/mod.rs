@@ -124,7 +124,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )));
     }
     tracing::info!(addr = %admin_addr, "admin listening");
-    let admin_task = tokio::spawn(admin::serve(admin_socket, health.clone(), admin_signal));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_socket,
+        health.clone(),
+        runtime.clone(),
+        admin_signal,
+    ));
     health.set_ready(true);
     Ok(Running {
         listeners,
