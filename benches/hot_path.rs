@@ -45,7 +45,10 @@ fn breaker_open_rejection(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let upstream = rt.block_on(Upstream::new(config.upstreams[0].clone()));
+    let upstream = rt.block_on(Upstream::new(
+        config.upstreams[0].clone(),
+        keel::telemetry::metrics::UpstreamMetrics::detached("u"),
+    ));
     // The first call fails to connect and opens the breaker.
     let first = rt.block_on(call(&upstream));
     assert!(first.is_err());

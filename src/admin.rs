@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::body::ProxyBody;
 use crate::proxy::Runtime;
 use crate::server::shutdown::ShutdownSignal;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Process-wide health flags read by the probes.
@@ -147,13 +148,49 @@ fn respond(
     response
 }
 
+/// Serves `GET /metrics` (Prometheus text format) until `stop` fires.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    stop: ShutdownSignal,
+) {
+    let content_type = HeaderValue::from_str(&metrics.content_type())
+        .unwrap_or_else(|_| HeaderValue::from_static("text/plain; version=0.0.4"));
+    serve_with(listener, stop, move |req: &Request<Incoming>| {
+        if req.uri().path() != "/metrics" {
+            let mut response = Response::new(ProxyBody::text("keel metrics: GET /metrics\n"));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            return response;
+        }
+        let mut response = Response::new(ProxyBody::bytes(metrics.render(&runtime.load())));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type.clone());
+        response
+    })
+    .await;
+}
+
 /// Serves admin requests until `stop` fires.
 pub(crate) async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
-    mut stop: ShutdownSignal,
+    stop: ShutdownSignal,
 ) {
+    serve_with(listener, stop, move |req: &Request<Incoming>| {
+        respond(&health, &runtime, req)
+    })
+    .await;
+}
+
+/// A small HTTP server answering every request with `respond`, until `stop` fires.
+async fn serve_with<F>(listener: TcpListener, mut stop: ShutdownSignal, respond: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<ProxyBody> + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
@@ -168,10 +205,9 @@ pub(crate) async fn serve(
             // keel is exiting.
             () = stop.triggered() => return,
         };
-        let health = health.clone();
-        let runtime = runtime.clone();
+        let respond = respond.clone();
         let service = service_fn(move |req| {
-            let response = respond(&health, &runtime, &req);
+            let response = respond(&req);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder

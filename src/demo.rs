@@ -116,10 +116,18 @@ async fn answer(
 }
 
 /// The config `keel demo` runs: one listener routing by path to the three upstreams.
-pub fn config(upstreams: &DemoUpstreams, listen: SocketAddr, admin: SocketAddr) -> String {
+pub fn config(
+    upstreams: &DemoUpstreams,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+) -> String {
     format!(
         r#"[admin]
 listen = "{admin}"
+
+[metrics]
+listen = "{metrics}"
 
 [shutdown]
 grace_period = "5s"

@@ -7,7 +7,8 @@
 //! - [`proxy`]: the request path.
 //! - [`router`]: route matching.
 //! - [`upstream`]: per-upstream pool and bulkhead.
-//! - [`admin`]: `/live` and `/ready`.
+//! - [`admin`]: `/live`, `/ready`, `/upstreams`, and the `/metrics` listener.
+//! - [`telemetry`]: Prometheus metrics.
 //! - [`demo`]: built-in upstreams for `keel demo`.
 //!
 //! # One request, one direction
@@ -33,4 +34,5 @@ pub mod error;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;

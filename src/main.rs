@@ -42,6 +42,9 @@ enum Command {
         /// Address of the admin listener (a free port is used if this one is taken).
         #[arg(long, default_value = "127.0.0.1:9900", value_name = "ADDR")]
         admin: SocketAddr,
+        /// Address of the metrics listener (a free port is used if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
+        metrics: SocketAddr,
         /// Only serve the three demo upstreams on these ports (healthy, slow, flaky), without
         /// keel in front; for containers that play an app beside a keel sidecar.
         #[arg(long, num_args = 3, value_names = ["HEALTHY", "SLOW", "FLAKY"])]
@@ -83,10 +86,13 @@ fn main() -> ExitCode {
         Command::Demo {
             listen,
             admin,
+            metrics,
             upstreams_only,
         } => {
             init_logging(LogFormat::Text, "info");
-            report(runtime().and_then(|rt| rt.block_on(demo(listen, admin, upstreams_only))))
+            report(
+                runtime().and_then(|rt| rt.block_on(demo(listen, admin, metrics, upstreams_only))),
+            )
         }
     }
 }
@@ -174,6 +180,7 @@ async fn bind_or_any(addr: SocketAddr) -> SocketAddr {
 async fn demo(
     listen: SocketAddr,
     admin: SocketAddr,
+    metrics: SocketAddr,
     upstreams_only: Option<Vec<u16>>,
 ) -> anyhow::Result<()> {
     if let Some(ports) = upstreams_only {
@@ -196,6 +203,7 @@ async fn demo(
         &upstreams,
         bind_or_any(listen).await,
         bind_or_any(admin).await,
+        bind_or_any(metrics).await,
     );
     let config = keel::config::from_str(&text, "<demo>").map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = keel::server::start(config).await?;
@@ -203,6 +211,7 @@ async fn demo(
         .listener_addr("demo")
         .context("demo listener missing")?;
     let admin = running.admin_addr();
+    let metrics = running.metrics_addr();
     println!(
         r#"
 keel demo is running on http://{proxy} (admin on http://{admin})
@@ -214,6 +223,8 @@ Try:
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' http://{proxy}/slow & done; wait; echo
                                             # 2 run at once (2 s each), 2 wait up to 500 ms: 4 get 503 bulkhead-full
   curl -i http://{admin}/ready              # readiness probe
+  curl -s http://{admin}/upstreams          # breaker, bulkhead and endpoint state as JSON
+  curl -s http://{metrics}/metrics          # Prometheus metrics
 
 Ctrl-C drains in-flight requests and exits.
 "#

@@ -22,6 +22,7 @@ use crate::config::model::Config;
 use crate::error::ProxyError;
 use crate::router;
 use crate::server::conn::{ConnWatch, RequestMark};
+use crate::telemetry::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::upstream::bulkhead::BulkheadPermit;
 use crate::upstream::retry::{self, RetryBudget, UpstreamBody};
 use crate::upstream::{CallOptions, CallSuccess, Upstream};
@@ -36,6 +37,8 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Per listener, per route: state that lives as long as the route (its retry budget).
     pub routes: Vec<Vec<RouteState>>,
+    /// Per listener: metric handles for requests that matched no route.
+    pub no_route: Vec<RouteMetrics>,
 }
 
 /// Runtime state of one route.
@@ -43,27 +46,47 @@ pub struct Runtime {
 pub struct RouteState {
     /// The retry budget, when the route retries.
     pub budget: Option<RetryBudget>,
+    /// Request counters and histogram of this (listener, route, upstream).
+    pub metrics: RouteMetrics,
 }
 
 impl Runtime {
-    /// Builds route state for `config` around already-built upstreams.
-    pub fn new(config: Arc<Config>, upstreams: Vec<Arc<Upstream>>) -> Self {
+    /// Builds route state (budgets, metric handles) for `config` around built upstreams.
+    pub fn new(config: Arc<Config>, upstreams: Vec<Arc<Upstream>>, metrics: &Metrics) -> Self {
         let routes = config
             .listeners
             .iter()
             .map(|l| {
                 l.routes
                     .iter()
-                    .map(|r| RouteState {
-                        budget: r.retry.as_ref().map(RetryBudget::new),
+                    .map(|r| {
+                        let upstream = upstreams.get(r.upstream).map_or("", |u| &*u.name);
+                        RouteState {
+                            budget: r.retry.as_ref().map(RetryBudget::new),
+                            metrics: metrics.route(&l.name, &r.name, upstream),
+                        }
                     })
                     .collect()
             })
+            .collect();
+        let no_route = config
+            .listeners
+            .iter()
+            .map(|l| metrics.route(&l.name, NO_ROUTE, NO_ROUTE))
             .collect();
         Runtime {
             config,
             upstreams,
             routes,
+            no_route,
+        }
+    }
+
+    /// The metric handles for a request on `listener` that matched `route` (or none).
+    pub fn route_metrics(&self, listener: usize, route: Option<usize>) -> Option<&RouteMetrics> {
+        match route {
+            Some(i) => self.routes.get(listener)?.get(i).map(|r| &r.metrics),
+            None => self.no_route.get(listener),
         }
     }
 }
@@ -95,8 +118,12 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Serves one request: forwards it, or answers with keel's own error response.
 pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
     let mark = ctx.watch.request_started(req.version() == Version::HTTP_2);
-    match forward(&ctx, req, mark).await {
+    // One atomic load per request; the Arc keeps this config alive while the request runs.
+    let runtime = ctx.runtime.load_full();
+    let mut route = None;
+    let response = match forward(&ctx, &runtime, req, mark, &mut route, started).await {
         Ok(response) => response,
         Err(err) => {
             if err.is_upstream_failure() {
@@ -106,7 +133,11 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<P
             }
             error_response(&err)
         }
+    };
+    if let Some(metrics) = runtime.route_metrics(ctx.listener, route) {
+        metrics.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
     }
+    response
 }
 
 /// keel's response for an error: status, `keel-error` reason, short text body.
@@ -152,13 +183,13 @@ fn error_body(reason: &'static str) -> &'static str {
 
 async fn forward(
     ctx: &Arc<ConnContext>,
+    runtime: &Runtime,
     mut req: Request<Incoming>,
     mark: RequestMark,
+    matched: &mut Option<usize>,
+    started: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let started = Instant::now();
     let authority = request_authority(&req)?;
-    // One atomic load per request; the Arc keeps this config alive while the request runs.
-    let runtime = ctx.runtime.load_full();
     let listener = runtime
         .config
         .listeners
@@ -168,6 +199,7 @@ async fn forward(
     let (route_index, route) =
         router::route(&listener.routes, host, req.uri().path(), req.headers())
             .ok_or(ProxyError::NoRoute)?;
+    *matched = Some(route_index);
     let upstream = runtime
         .upstreams
         .get(route.upstream)

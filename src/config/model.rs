@@ -15,6 +15,8 @@ use http::{HeaderName, HeaderValue};
 pub struct Config {
     /// The admin listener.
     pub admin: AdminConfig,
+    /// The metrics listener.
+    pub metrics: MetricsConfig,
     /// Drain timing.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -36,6 +38,13 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     /// Where `/live` and `/ready` are served.
+    pub listen: SocketAddr,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served.
     pub listen: SocketAddr,
 }
 
@@ -308,6 +317,8 @@ pub mod defaults {
 
     /// Admin listener address.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9900";
+    /// Metrics listener address.
+    pub const METRICS_LISTEN: &str = "0.0.0.0:9901";
     /// `[shutdown] drain_delay`.
     pub const DRAIN_DELAY: Duration = Duration::ZERO;
     /// `[shutdown] grace_period`.

@@ -22,6 +22,8 @@ pub type Int = Spanned<i64>;
 pub struct RawConfig {
     /// `[admin]`: the loopback admin listener.
     pub admin: Option<RawAdmin>,
+    /// `[metrics]`: the Prometheus scrape listener.
+    pub metrics: Option<RawMetrics>,
     /// `[shutdown]`: drain timing.
     pub shutdown: Option<RawShutdown>,
     /// `[log]`: log format and filter.
@@ -39,6 +41,14 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     /// Socket address of the admin listener.
+    pub listen: Option<Str>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Socket address of the metrics listener.
     pub listen: Option<Str>,
 }
 

@@ -365,10 +365,7 @@ pub(super) fn health(h: Spanned<raw::RawHealth>, errors: &mut Errors) -> HealthC
     let h = h.into_inner();
     let path = match &h.path {
         Some(p) if p.get_ref().starts_with('/') => {
-            match p.get_ref().parse::<http::uri::PathAndQuery>() {
-                Ok(path) => Some(path),
-                Err(_) => None,
-            }
+            p.get_ref().parse::<http::uri::PathAndQuery>().ok()
         }
         _ => None,
     };

@@ -26,6 +26,24 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
     let admin = AdminConfig {
         listen: socket_addr(admin.listen.as_ref(), defaults::ADMIN_LISTEN, errors),
     };
+    let metrics = MetricsConfig {
+        listen: socket_addr(
+            raw.metrics.as_ref().and_then(|m| m.listen.as_ref()),
+            defaults::METRICS_LISTEN,
+            errors,
+        ),
+    };
+    if let Some(listen) = raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
+        if metrics.listen.port() != 0 && metrics.listen.port() == admin.listen.port() {
+            errors.push(
+                ConfigError::new(
+                    listen.span(),
+                    "the metrics listener uses the admin listener's port",
+                )
+                .with_hint("give [metrics] listen and [admin] listen different ports"),
+            );
+        }
+    }
     let shutdown = raw.shutdown.unwrap_or_default();
     let shutdown = ShutdownConfig {
         drain_delay: duration_or_zero(shutdown.drain_delay.as_ref(), defaults::DRAIN_DELAY, errors),
@@ -104,6 +122,7 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
     }
     Some(Config {
         admin,
+        metrics,
         shutdown,
         log,
         listeners,

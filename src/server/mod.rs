@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Health};
 use crate::config::model::Config;
 use crate::proxy::Runtime;
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 use shutdown::Shutdown;
 
@@ -46,6 +47,9 @@ pub enum StartError {
 pub struct Running {
     listeners: Vec<(Arc<str>, SocketAddr)>,
     admin_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    metrics_task: JoinHandle<()>,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
     stop_accepting: Shutdown,
@@ -57,13 +61,13 @@ pub struct Running {
     grace_period: Duration,
 }
 
-/// Builds the upstreams for a config, in config order.
-pub async fn build_runtime(config: Config) -> Runtime {
+/// Builds the upstreams for a config, in config order, with their metric handles.
+pub async fn build_runtime(config: Config, metrics: &Metrics) -> Runtime {
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for upstream in &config.upstreams {
-        upstreams.push(Upstream::new(upstream.clone()).await);
+        upstreams.push(Upstream::new(upstream.clone(), metrics.upstream(&upstream.name)).await);
     }
-    Runtime::new(Arc::new(config), upstreams)
+    Runtime::new(Arc::new(config), upstreams, metrics)
 }
 
 /// Binds everything and starts serving.
@@ -100,10 +104,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
 
+    let metrics_socket = TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "the metrics listener".into(),
+            addr: config.metrics.listen,
+            source,
+        })?;
+    let metrics_addr = metrics_socket
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "the metrics listener".into(),
+            addr: config.metrics.listen,
+            source,
+        })?;
+
     let drain_delay = config.shutdown.drain_delay;
     let grace_period = config.shutdown.grace_period;
     let listener_configs = config.listeners.clone();
-    let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config).await));
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config, &metrics).await));
     let health = Arc::new(Health::default());
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_accepting, accept_signal) = Shutdown::new();
@@ -124,6 +144,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )));
     }
     tracing::info!(addr = %admin_addr, "admin listening");
+    tracing::info!(addr = %metrics_addr, "metrics listening");
+    let metrics_task = tokio::spawn(admin::serve_metrics(
+        metrics_socket,
+        metrics.clone(),
+        runtime.clone(),
+        admin_signal.clone(),
+    ));
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
         health.clone(),
@@ -134,6 +161,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         listeners,
         admin_addr,
+        metrics_addr,
+        metrics,
+        metrics_task,
         health,
         runtime,
         stop_accepting,
@@ -163,6 +193,16 @@ impl Running {
     /// The admin listener's bound address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The metrics listener's bound address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The current runtime (config and upstreams).
@@ -197,6 +237,7 @@ impl Running {
         }
         self.stop_admin.trigger();
         let _ = self.admin_task.await;
+        let _ = self.metrics_task.await;
         finished
     }
 }

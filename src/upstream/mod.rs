@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::config::model::{EndpointAddr, RetryConfig, UpstreamConfig};
 use crate::error::ProxyError;
+use crate::telemetry::metrics::UpstreamMetrics;
 use balancer::{random_unit, Balancer, Endpoint, EndpointResult, EndpointState};
 use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
 use bulkhead::{Bulkhead, BulkheadPermit};
@@ -73,6 +74,8 @@ pub struct Upstream {
     pub balancer: Balancer,
     /// Protection counters.
     pub stats: UpstreamStats,
+    /// Prometheus handles.
+    pub metrics: UpstreamMetrics,
     // Held for a few field updates per call; never across an await.
     breaker: Mutex<Breaker>,
     endpoints: ArcSwap<Vec<Endpoint>>,
@@ -132,7 +135,7 @@ impl Upstream {
     /// Builds the upstream, resolves its endpoints once and starts DNS refresh and health
     /// checks when they apply. Names that do not resolve yet are retried by the refresh task;
     /// requests get 503 while none resolves.
-    pub async fn new(config: UpstreamConfig) -> Arc<Self> {
+    pub async fn new(config: UpstreamConfig, metrics: UpstreamMetrics) -> Arc<Self> {
         let endpoints = resolve_all(&config.name, &config.endpoints, &config.weights, &[]).await;
         let upstream = Arc::new(Upstream {
             name: config.name.clone(),
@@ -140,6 +143,7 @@ impl Upstream {
             pool: Pool::new(&config),
             balancer: Balancer::new(config.balancer.clone(), config.outlier.clone()),
             stats: UpstreamStats::default(),
+            metrics,
             breaker: Mutex::new(Breaker::new(config.breaker.clone(), Instant::now())),
             endpoints: ArcSwap::from_pointee(endpoints),
             config,
@@ -192,6 +196,7 @@ impl Upstream {
                 self.stats
                     .rejected_circuit_open
                     .fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected_circuit_open.inc();
                 Err(ProxyError::CircuitOpen { retry_after })
             }
         }
@@ -201,6 +206,8 @@ impl Upstream {
         self.stats
             .breaker_transitions
             .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .transition(t.from.as_str(), t.to.as_str(), t.reason);
         if t.to == BreakerState::Open {
             tracing::warn!(upstream = %self.name, from = t.from.as_str(), to = t.to.as_str(), reason = t.reason, "circuit breaker opened");
         } else {
@@ -266,6 +273,7 @@ impl Upstream {
             self.stats
                 .rejected_bulkhead_full
                 .fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected_bulkhead_full.inc();
             ProxyError::BulkheadFull(rejection)
         })?;
         if let Some((_, budget)) = options.retry {
@@ -357,6 +365,7 @@ impl Upstream {
                                 probe = next_probe;
                                 drop(outcome);
                                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.retries_sent.inc();
                                 tracing::debug!(upstream = %self.name, attempt, endpoint = %endpoint.addr, "retrying");
                                 exclude = Some(endpoint.addr);
                                 attempt += 1;
@@ -367,6 +376,7 @@ impl Upstream {
                             self.stats
                                 .retries_budget_exhausted
                                 .fetch_add(1, Ordering::Relaxed);
+                            self.metrics.retries_budget_exhausted.inc();
                         }
                     }
                 }

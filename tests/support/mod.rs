@@ -434,6 +434,9 @@ impl Keel {
     pub fn admin(&self) -> SocketAddr {
         self.running.as_ref().unwrap().admin_addr()
     }
+    pub fn metrics(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().metrics_addr()
+    }
     /// The named upstream of the current runtime (for bulkhead and pool gauges).
     pub fn upstream(&self, name: &str) -> Arc<keel::upstream::Upstream> {
         let runtime = self.running.as_ref().unwrap().runtime();
@@ -451,16 +454,25 @@ impl Keel {
 
 /// Starts keel from TOML text (listeners and admin on `127.0.0.1:0`).
 pub async fn spawn_keel(toml: &str) -> Keel {
-    let text = if toml.contains("[admin]") {
-        toml.to_owned()
-    } else {
-        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{toml}")
-    };
+    let text = with_loopback_admin(toml);
     let config = keel::config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
     let running = keel::server::start(config).await.unwrap();
     Keel {
         running: Some(running),
     }
+}
+
+/// Puts the admin and metrics listeners on `127.0.0.1:0` unless the config places them.
+pub fn with_loopback_admin(toml: &str) -> String {
+    let mut text = String::new();
+    if !toml.contains("[admin]") {
+        text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    if !toml.contains("[metrics]") {
+        text.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text.push_str(toml);
+    text
 }
 
 /// A one-listener config routing everything to one upstream, with extra upstream settings.
@@ -580,11 +592,7 @@ pub struct KeelProcess {
 
 impl KeelProcess {
     pub fn start(toml: &str) -> KeelProcess {
-        let text = if toml.contains("[admin]") {
-            toml.to_owned()
-        } else {
-            format!("[admin]\nlisten = \"127.0.0.1:0\"\n{toml}")
-        };
+        let text = with_loopback_admin(toml);
         let config_path = temp_path("keel.toml");
         std::fs::write(&config_path, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))

@@ -1,0 +1,4 @@
+//! Telemetry: metrics (and, later, traces and access logs), kept off the request path's
+//! critical section.
+
+pub mod metrics;
