@@ -18,10 +18,14 @@ use tokio::time::Instant;
 
 use crate::config::model::{BalancerKind, OutlierConfig};
 
-/// Decay time of the latency average: old observations fade over about this long.
+/// Decay time of the latency average: old observations fade over about this long, so an endpoint
+/// that has been idle (new, back from ejection, healthy again) looks cheap and gets tried.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
-/// Latency assumed for an endpoint never measured, so new endpoints get traffic but not all of it.
-const EWMA_INITIAL_NANOS: f64 = 1_000_000.0;
+/// Latency assumed for an endpoint never measured.
+const EWMA_INITIAL_NANOS: f64 = 0.0;
+/// Added to every latency estimate so outstanding requests always count, even for an endpoint
+/// whose estimate decayed to zero: an unmeasured endpoint is tried, but not flooded.
+const COST_FLOOR_NANOS: f64 = 50_000.0;
 
 /// Mutable state of one endpoint address, kept across DNS refreshes.
 #[derive(Debug)]
@@ -109,6 +113,8 @@ pub struct Balancer {
     epoch: Instant,
     /// Picks made with every endpoint ejected or unhealthy.
     pub panic_picks: AtomicU64,
+    // Serialises the rare count-then-eject step so `max_ejected_percent` holds under races.
+    ejecting: std::sync::Mutex<()>,
 }
 
 /// Whether an outcome was good or bad for an endpoint.
@@ -129,6 +135,7 @@ impl Balancer {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             panic_picks: AtomicU64::new(0),
+            ejecting: std::sync::Mutex::new(()),
         }
     }
 
@@ -242,15 +249,15 @@ impl Balancer {
     /// Load estimate: (outstanding + 1) × decayed latency / weight.
     fn cost(&self, e: &Endpoint, now_ms: u64) -> f64 {
         let outstanding = f64::from(e.state.outstanding.load(Ordering::Acquire)) + 1.0;
-        outstanding * self.ewma(e, now_ms) / f64::from(e.weight)
+        outstanding * (self.ewma(e, now_ms) + COST_FLOOR_NANOS) / f64::from(e.weight)
     }
 
     fn ewma(&self, e: &Endpoint, now_ms: u64) -> f64 {
         let value = f64::from_bits(e.state.ewma_bits.load(Ordering::Acquire));
         let age = now_ms.saturating_sub(e.state.ewma_at_ms.load(Ordering::Acquire));
-        // Idle endpoints drift back toward the initial guess so they are tried again.
+        // Idle endpoints drift toward zero so they are tried again.
         let w = (-(age as f64) / EWMA_DECAY.as_millis() as f64).exp();
-        value * w + EWMA_INITIAL_NANOS * (1.0 - w)
+        value * w
     }
 
     /// Records a finished attempt: latency into the peak-EWMA, failures into outlier ejection.
@@ -290,6 +297,12 @@ impl Balancer {
                     || failures < self.outlier.consecutive_failures
                     || self.is_ejected(endpoint, now)
                 {
+                    return false;
+                }
+                let Ok(_serial) = self.ejecting.lock() else {
+                    return false;
+                };
+                if self.is_ejected(endpoint, now) {
                     return false;
                 }
                 let ejected = endpoints.iter().filter(|e| self.is_ejected(e, now)).count();
