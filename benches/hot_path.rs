@@ -26,6 +26,8 @@ async fn call(upstream: &Upstream) -> Result<keel::upstream::CallSuccess, keel::
         retry: None,
         idempotent: true,
         hash_key: None,
+        trace: None,
+        report: None,
     };
     upstream.call(request, options).await
 }

@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::server::conn::RequestMark;
+use crate::telemetry::access_log::PendingRecord;
 use crate::upstream::bulkhead::BulkheadPermit;
 
 /// A response body.
@@ -27,6 +28,8 @@ pub enum ProxyBody {
         permit: Option<BulkheadPermit>,
         /// Marks the client connection busy until the body is done.
         mark: Option<RequestMark>,
+        /// The access log record, sent when the body is done.
+        log: Option<PendingRecord>,
     },
     /// Written by keel (errors, admin); `None` once sent.
     Full(Option<Bytes>),
@@ -62,12 +65,22 @@ impl Body for ProxyBody {
                 inner,
                 permit,
                 mark,
+                log,
             } => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(None | Some(Err(_))) = &polled {
-                    // Free the slot as soon as the upstream is done, not when hyper drops us.
-                    permit.take();
-                    mark.take();
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(log), Some(data)) = (log.as_mut(), frame.data_ref()) {
+                            log.bytes_out += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(None | Some(Err(_))) => {
+                        // Free the slot as soon as the upstream is done, not when hyper drops us.
+                        permit.take();
+                        mark.take();
+                        log.take();
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }

@@ -19,13 +19,20 @@ use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::config::model::Config;
+use crate::config::model::Direction;
 use crate::error::ProxyError;
 use crate::router;
 use crate::server::conn::{ConnWatch, RequestMark};
+use crate::telemetry::access_log::{self, AccessLog, AccessRecord, Flags, PendingRecord};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, NO_ROUTE};
+use crate::telemetry::trace::{RequestTrace, Tracing};
+use crate::upstream::balancer::random_u64;
 use crate::upstream::bulkhead::BulkheadPermit;
 use crate::upstream::retry::{self, RetryBudget, UpstreamBody};
+use crate::upstream::CallReport;
 use crate::upstream::{CallOptions, CallSuccess, Upstream};
+use opentelemetry::KeyValue;
+use std::sync::atomic::AtomicU64;
 
 /// Everything a request needs that can change on reload: the config and the upstreams built
 /// from it, swapped together.
@@ -106,6 +113,17 @@ pub struct ConnContext {
     pub watch: Arc<ConnWatch>,
     /// The listener connection slot: freed when the connection and any tunnel made from it end.
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Tracing and access log of this keel instance.
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// The instance-wide telemetry sinks the request path writes to.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// Trace propagation and span export.
+    pub tracing: Tracing,
+    /// The access log writer, when any listener logs.
+    pub access_log: Option<AccessLog>,
 }
 
 /// `keel-error`, set on every response keel produced itself.
@@ -113,30 +131,141 @@ pub const KEEL_ERROR: HeaderName = HeaderName::from_static("keel-error");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Serves one request: forwards it, or answers with keel's own error response.
+/// What the request path learned about a request, for metrics, the span and the access log.
+#[derive(Debug, Default)]
+struct RequestInfo {
+    route: Option<usize>,
+    upstream: Option<Arc<str>>,
+    request_id: Option<HeaderValue>,
+    upstream_time: Option<std::time::Duration>,
+    report: CallReport,
+}
+
+/// Serves one request: forwards it, or answers with keel's own error response; then records
+/// metrics, ends the span and (on logging listeners) queues the access log line.
 pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let mark = ctx.watch.request_started(req.version() == Version::HTTP_2);
     // One atomic load per request; the Arc keeps this config alive while the request runs.
     let runtime = ctx.runtime.load_full();
-    let mut route = None;
-    let response = match forward(&ctx, &runtime, req, mark, &mut route, started).await {
-        Ok(response) => response,
+    let listener = runtime.config.listeners.get(ctx.listener);
+    let direction = listener.map_or(Direction::Outbound, |l| l.direction);
+    let trace = ctx
+        .telemetry
+        .tracing
+        .start(req.headers(), req.method(), direction);
+    let access_log = ctx
+        .telemetry
+        .access_log
+        .as_ref()
+        .filter(|_| listener.is_some_and(|l| l.access_log));
+    let describe = access_log.is_some() || trace.is_recording();
+    let method = req.method().clone();
+    let path = describe.then(|| req.uri().path().to_owned());
+    let authority = describe.then(|| {
+        request_authority(&req)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    });
+    let bytes_in = access_log.map(|_| Arc::new(AtomicU64::new(0)));
+
+    let mut info = RequestInfo::default();
+    let result = forward(
+        &ctx,
+        &runtime,
+        req,
+        mark,
+        &mut info,
+        started,
+        &trace,
+        bytes_in.clone(),
+    )
+    .await;
+    let (mut response, error) = match result {
+        Ok(response) => (response, None),
         Err(err) => {
             if err.is_upstream_failure() {
-                tracing::warn!(peer = %ctx.peer, error = %err, cause = ?std::error::Error::source(&err), "upstream request failed");
+                tracing::warn!(peer = %ctx.peer, error = %err, cause = ?std::error::Error::source(&err), trace_id = %trace.trace_id(), "upstream request failed");
             } else {
                 tracing::debug!(peer = %ctx.peer, error = %err, "request rejected");
             }
-            error_response(&err)
+            let response = error_response(&err);
+            (response, Some(err))
         }
     };
-    if let Some(metrics) = runtime.route_metrics(ctx.listener, route) {
-        metrics.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
+    let status = response.status().as_u16();
+    if let Some(metrics) = runtime.route_metrics(ctx.listener, info.route) {
+        metrics.observe(status, started.elapsed().as_secs_f64());
     }
+    let route = info
+        .route
+        .and_then(|i| listener.and_then(|l| l.routes.get(i)))
+        .map(|r| r.name.clone());
+    let reason = error.as_ref().map(ProxyError::reason);
+    if trace.is_recording() {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path.clone().unwrap_or_default()),
+            KeyValue::new("server.address", authority.clone().unwrap_or_default()),
+        ];
+        if let Some(route) = &route {
+            attributes.push(KeyValue::new("keel.route", route.to_string()));
+        }
+        if let Some(upstream) = &info.upstream {
+            attributes.push(KeyValue::new("keel.upstream", upstream.to_string()));
+        }
+        if let Some(endpoint) = info.report.endpoint() {
+            attributes.push(KeyValue::new("keel.endpoint", endpoint.to_string()));
+        }
+        trace.set(attributes);
+    }
+    if let Some(log) = access_log {
+        let span = trace.span_context();
+        let record = Box::new(AccessRecord {
+            timestamp: access_log::timestamp(),
+            listener: listener.map(|l| l.name.to_string()).unwrap_or_default(),
+            route: route.map(|r| r.to_string()).unwrap_or_default(),
+            upstream: info.upstream.as_deref().unwrap_or_default().to_owned(),
+            endpoint: info.report.endpoint().map(|e| e.to_string()),
+            method: method.to_string(),
+            authority: authority.unwrap_or_default(),
+            path: path.unwrap_or_default(),
+            status,
+            keel_error: reason,
+            flags: Flags {
+                retried: info.report.attempts() > 1,
+                breaker_open: matches!(error, Some(ProxyError::CircuitOpen { .. })),
+                bulkhead_full: matches!(error, Some(ProxyError::BulkheadFull(_))),
+                timed_out: matches!(error, Some(ProxyError::UpstreamTimeout(_))),
+            },
+            attempts: info.report.attempts(),
+            duration_ms: 0.0,
+            upstream_duration_ms: info.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in: 0,
+            bytes_out: 0,
+            trace_id: span.trace_id().to_string(),
+            span_id: span.span_id().to_string(),
+            request_id: info
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        });
+        let mut pending = PendingRecord::new(record, started, bytes_in, log.clone());
+        match response.body_mut() {
+            ProxyBody::Upstream { log, .. } => *log = Some(pending),
+            ProxyBody::Full(bytes) => {
+                pending.bytes_out = bytes.as_ref().map_or(0, |b| b.len() as u64);
+                drop(pending);
+            }
+        }
+    }
+    trace.finish(status, reason);
     response
 }
 
@@ -181,13 +310,16 @@ fn error_body(reason: &'static str) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     ctx: &Arc<ConnContext>,
     runtime: &Runtime,
     mut req: Request<Incoming>,
     mark: RequestMark,
-    matched: &mut Option<usize>,
+    info: &mut RequestInfo,
     started: Instant,
+    trace: &RequestTrace,
+    bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let authority = request_authority(&req)?;
     let listener = runtime
@@ -199,7 +331,7 @@ async fn forward(
     let (route_index, route) =
         router::route(&listener.routes, host, req.uri().path(), req.headers())
             .ok_or(ProxyError::NoRoute)?;
-    *matched = Some(route_index);
+    info.route = Some(route_index);
     let upstream = runtime
         .upstreams
         .get(route.upstream)
@@ -215,7 +347,8 @@ async fn forward(
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    prepare_request(ctx, &mut req, &authority, upgrade)?;
+    info.request_id = Some(prepare_request(ctx, &mut req, &authority, upgrade)?);
+    info.upstream = Some(upstream.name.clone());
 
     let idempotent = retry::is_idempotent(req.method(), req.headers());
     let hash_key = upstream
@@ -228,12 +361,21 @@ async fn forward(
     let body = match retry {
         // Keep small bodies in memory so a retry can resend them.
         Some((policy, _)) => {
-            retry::buffer_for_replay(body, policy.max_body)
+            let (body, _) = retry::buffer_for_replay(body, policy.max_body)
                 .await
-                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?
-                .0
+                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
+            match body {
+                UpstreamBody::Buffered(Some(bytes)) => {
+                    if let Some(counter) = &bytes_in {
+                        counter.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    UpstreamBody::Buffered(Some(bytes))
+                }
+                UpstreamBody::Stream(inner, _) => UpstreamBody::Stream(inner, bytes_in),
+                other => other,
+            }
         }
-        None => UpstreamBody::Stream(body),
+        None => UpstreamBody::Stream(body, bytes_in),
     };
     let options = CallOptions {
         deadline,
@@ -241,14 +383,19 @@ async fn forward(
         retry,
         idempotent,
         hash_key: hash_key.as_ref().map(HeaderValue::as_bytes),
+        trace: Some((&ctx.telemetry.tracing, trace)),
+        report: Some(&info.report),
     };
+    let call_started = Instant::now();
+    let result = upstream
+        .call(Request::from_parts(parts, body), options)
+        .await;
+    info.upstream_time = Some(call_started.elapsed());
     let CallSuccess {
         mut response,
         permit,
         ..
-    } = upstream
-        .call(Request::from_parts(parts, body), options)
-        .await?;
+    } = result?;
 
     if let Some(on_client) = client_upgrade {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -276,6 +423,7 @@ async fn forward(
         inner,
         permit: Some(permit),
         mark: Some(mark),
+        log: None,
     }))
 }
 
@@ -325,7 +473,7 @@ fn prepare_request(
     req: &mut Request<Incoming>,
     authority: &Authority,
     upgrade: Option<HeaderValue>,
-) -> Result<(), ProxyError> {
+) -> Result<HeaderValue, ProxyError> {
     let host_value = HeaderValue::from_str(authority.as_str())
         .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
     let headers = req.headers_mut();
@@ -347,8 +495,22 @@ fn prepare_request(
     headers.insert(X_FORWARDED_HOST.clone(), host_value);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     append_forwarded_for(headers, &ctx.peer_ip);
+    let request_id = match headers.get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
     *req.version_mut() = Version::HTTP_11;
-    Ok(())
+    Ok(request_id)
+}
+
+/// 128 random bits as 32 hex digits.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:016x}{:016x}", random_u64(), random_u64());
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {

@@ -17,6 +17,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The metrics listener.
     pub metrics: MetricsConfig,
+    /// Trace propagation and export.
+    pub tracing: TracingConfig,
+    /// Access log output.
+    pub access_log: AccessLogConfig,
     /// Drain timing.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -46,6 +50,46 @@ pub struct AdminConfig {
 pub struct MetricsConfig {
     /// Where `/metrics` is served.
     pub listen: SocketAddr,
+}
+
+/// A trace context format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// W3C `traceparent` / `tracestate`.
+    TraceContext,
+    /// B3 multi-header (`x-b3-*`).
+    B3,
+    /// B3 single header (`b3`).
+    B3Single,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// `service.name` of keel's spans.
+    pub service_name: String,
+    /// Formats injected onward, besides the one the request came with.
+    pub propagation: Vec<Propagation>,
+    /// OTLP/gRPC collector; no export when `None`.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (incoming sampled flags are respected).
+    pub sample_ratio: f64,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogOutput {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(std::path::PathBuf),
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    /// Output of the listeners with `access_log = true`.
+    pub output: AccessLogOutput,
 }
 
 /// `[shutdown]`.
@@ -113,6 +157,8 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Most header fields in a request (431 above).
     pub max_headers: usize,
+    /// Whether requests on this listener are written to the access log.
+    pub access_log: bool,
     /// Routes in match order.
     pub routes: Vec<RouteConfig>,
 }
@@ -319,6 +365,10 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9900";
     /// Metrics listener address.
     pub const METRICS_LISTEN: &str = "0.0.0.0:9901";
+    /// `[tracing] service_name`.
+    pub const SERVICE_NAME: &str = "keel";
+    /// `[tracing] sample_ratio`.
+    pub const SAMPLE_RATIO: f64 = 0.1;
     /// `[shutdown] drain_delay`.
     pub const DRAIN_DELAY: Duration = Duration::ZERO;
     /// `[shutdown] grace_period`.

@@ -24,6 +24,10 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// `[metrics]`: the Prometheus scrape listener.
     pub metrics: Option<RawMetrics>,
+    /// `[tracing]`: propagation and span export.
+    pub tracing: Option<RawTracing>,
+    /// `[access_log]`: where access log lines go.
+    pub access_log: Option<RawAccessLog>,
     /// `[shutdown]`: drain timing.
     pub shutdown: Option<RawShutdown>,
     /// `[log]`: log format and filter.
@@ -50,6 +54,28 @@ pub struct RawAdmin {
 pub struct RawMetrics {
     /// Socket address of the metrics listener.
     pub listen: Option<Str>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// `service.name` of keel's spans.
+    pub service_name: Option<Str>,
+    /// Formats injected onward: `tracecontext`, `b3`, `b3single`.
+    pub propagation: Option<Spanned<Vec<Str>>>,
+    /// OTLP/gRPC collector URL; no export when absent.
+    pub otlp_endpoint: Option<Str>,
+    /// Share of new traces sampled.
+    pub sample_ratio: Option<Spanned<f64>>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `stdout` or a file path.
+    pub output: Option<Str>,
 }
 
 /// `[shutdown]`.
@@ -92,6 +118,8 @@ pub struct RawListener {
     pub max_header_bytes: Option<Int>,
     /// Most header fields in one request.
     pub max_headers: Option<Int>,
+    /// Write an access log line per request.
+    pub access_log: Option<bool>,
     /// `[[listeners.routes]]`, matched in order.
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,

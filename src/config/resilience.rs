@@ -9,8 +9,8 @@ use http::HeaderName;
 use toml::Spanned;
 
 use super::model::{
-    defaults, BalancerKind, BreakerConfig, EndpointAddr, HealthConfig, OutlierConfig, RetryConfig,
-    RetryOn,
+    defaults, BalancerKind, BreakerConfig, EndpointAddr, HealthConfig, OutlierConfig, Propagation,
+    RetryConfig, RetryOn, TracingConfig,
 };
 use super::raw::{self, Int, Str};
 use super::validate::{duration, limit, Errors};
@@ -318,6 +318,58 @@ pub(super) fn breaker(raw: Option<Spanned<raw::RawBreaker>>, errors: &mut Errors
             errors,
         ),
         failure_statuses,
+    }
+}
+
+/// `[tracing]`.
+pub(super) fn tracing(t: raw::RawTracing, errors: &mut Errors) -> TracingConfig {
+    let propagation = match &t.propagation {
+        None => vec![Propagation::TraceContext, Propagation::B3],
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .filter_map(|p| match p.get_ref().as_str() {
+                "tracecontext" => Some(Propagation::TraceContext),
+                "b3" => Some(Propagation::B3),
+                "b3single" => Some(Propagation::B3Single),
+                other => {
+                    errors.push(
+                        ConfigError::new(p.span(), format!("unknown propagation format `{other}`"))
+                            .with_hint("use \"tracecontext\" (W3C), \"b3\" (x-b3-* headers) or \"b3single\" (one b3 header)"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
+    let otlp_endpoint = t.otlp_endpoint.and_then(|e| {
+        let ok = e.get_ref().parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if ok {
+            Some(e.into_inner())
+        } else {
+            errors.push(
+                ConfigError::new(e.span(), format!("invalid OTLP endpoint `{}`", e.get_ref()))
+                    .with_hint(
+                    "write the collector's gRPC URL, for example \"http://otel-collector:4317\"",
+                ),
+            );
+            None
+        }
+    });
+    TracingConfig {
+        service_name: t
+            .service_name
+            .map_or_else(|| defaults::SERVICE_NAME.to_owned(), |s| s.into_inner()),
+        propagation,
+        otlp_endpoint,
+        sample_ratio: ratio(
+            t.sample_ratio.as_ref(),
+            defaults::SAMPLE_RATIO,
+            "0.1 samples one new trace in ten",
+            errors,
+        ),
     }
 }
 

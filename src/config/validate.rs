@@ -44,6 +44,21 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
             );
         }
     }
+    let tracing = super::resilience::tracing(raw.tracing.unwrap_or_default(), errors);
+    let access_log = AccessLogConfig {
+        output: match raw.access_log.and_then(|a| a.output) {
+            None => AccessLogOutput::Stdout,
+            Some(o) if o.get_ref() == "stdout" => AccessLogOutput::Stdout,
+            Some(o) if o.get_ref().is_empty() => {
+                errors.push(
+                    ConfigError::new(o.span(), "empty access log output")
+                        .with_hint("use \"stdout\" or a file path"),
+                );
+                AccessLogOutput::Stdout
+            }
+            Some(o) => AccessLogOutput::File(o.into_inner().into()),
+        },
+    };
     let shutdown = raw.shutdown.unwrap_or_default();
     let shutdown = ShutdownConfig {
         drain_delay: duration_or_zero(shutdown.drain_delay.as_ref(), defaults::DRAIN_DELAY, errors),
@@ -123,6 +138,8 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
     Some(Config {
         admin,
         metrics,
+        tracing,
+        access_log,
         shutdown,
         log,
         listeners,
@@ -258,6 +275,7 @@ fn validate_listener(
         ),
         max_header_bytes,
         max_headers,
+        access_log: listener.access_log.unwrap_or(false),
         routes,
     }
 }

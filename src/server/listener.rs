@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use super::conn;
 use super::shutdown::ShutdownSignal;
 use crate::config::model::ListenerConfig;
-use crate::proxy::{self, ConnContext, Runtime};
+use crate::proxy::{self, ConnContext, Runtime, Telemetry};
 
 /// Most HTTP/2 streams a client may open at once on one connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -55,6 +55,7 @@ pub(crate) async fn accept_loop(
     index: usize,
     config: ListenerConfig,
     runtime: Arc<ArcSwap<Runtime>>,
+    telemetry: Arc<Telemetry>,
     graceful: Arc<GracefulShutdown>,
     mut stop: ShutdownSignal,
 ) {
@@ -93,6 +94,7 @@ pub(crate) async fn accept_loop(
             peer_ip: peer_ip_header(peer),
             watch: watch.clone(),
             slot: Some(permit),
+            telemetry: telemetry.clone(),
         });
         let service = service_fn(move |req| {
             let ctx = ctx.clone();

@@ -21,14 +21,22 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
 use crate::config::model::Config;
-use crate::proxy::Runtime;
+use crate::proxy::{Runtime, Telemetry};
+use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Tracing;
 use crate::upstream::Upstream;
 use shutdown::Shutdown;
 
 /// Why keel could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The OTLP exporter could not be built.
+    #[error("tracing: {0}")]
+    Tracing(String),
+    /// The access log output could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(#[source] std::io::Error),
     /// A listen address could not be bound.
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
@@ -50,6 +58,7 @@ pub struct Running {
     metrics_addr: SocketAddr,
     metrics: Arc<Metrics>,
     metrics_task: JoinHandle<()>,
+    telemetry: Arc<Telemetry>,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
     stop_accepting: Shutdown,
@@ -123,6 +132,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let grace_period = config.shutdown.grace_period;
     let listener_configs = config.listeners.clone();
     let metrics = Arc::new(Metrics::new());
+    let tracing = Tracing::new(&config.tracing, metrics.spans_dropped.clone())
+        .map_err(StartError::Tracing)?;
+    let access_log = if config.listeners.iter().any(|l| l.access_log) {
+        Some(
+            AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())
+                .map_err(StartError::AccessLog)?,
+        )
+    } else {
+        None
+    };
+    let telemetry = Arc::new(Telemetry {
+        tracing,
+        access_log,
+    });
     let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config, &metrics).await));
     let health = Arc::new(Health::default());
     let graceful = Arc::new(GracefulShutdown::new());
@@ -139,6 +162,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             index,
             listener,
             runtime.clone(),
+            telemetry.clone(),
             graceful.clone(),
             accept_signal.clone(),
         )));
@@ -164,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics_addr,
         metrics,
         metrics_task,
+        telemetry,
         health,
         runtime,
         stop_accepting,
@@ -198,6 +223,11 @@ impl Running {
     /// The metrics listener's bound address.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Sends every finished span to the collector now (bounded wait).
+    pub async fn flush_traces(&self) {
+        self.telemetry.tracing.flush().await;
     }
 
     /// This instance's metrics.
@@ -238,6 +268,7 @@ impl Running {
         self.stop_admin.trigger();
         let _ = self.admin_task.await;
         let _ = self.metrics_task.await;
+        self.telemetry.tracing.shutdown().await;
         finished
     }
 }

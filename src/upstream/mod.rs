@@ -19,7 +19,7 @@ pub mod retry;
 
 use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::config::model::{EndpointAddr, RetryConfig, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::telemetry::metrics::UpstreamMetrics;
+use crate::telemetry::trace::{self, RequestTrace, Tracing};
 use balancer::{random_unit, Balancer, Endpoint, EndpointResult, EndpointState};
 use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
 use bulkhead::{Bulkhead, BulkheadPermit};
@@ -94,6 +95,36 @@ pub struct CallOptions<'a> {
     pub idempotent: bool,
     /// Key for the hash balancer.
     pub hash_key: Option<&'a [u8]>,
+    /// The request's trace: each attempt gets a child span and injects its context.
+    pub trace: Option<(&'a Tracing, &'a RequestTrace)>,
+    /// Where the call reports attempts and the last endpoint, whatever the outcome.
+    pub report: Option<&'a CallReport>,
+}
+
+/// What a call did, readable after it ended (also when it failed).
+#[derive(Debug, Default)]
+pub struct CallReport {
+    attempts: AtomicU32,
+    endpoint: Mutex<Option<SocketAddr>>,
+}
+
+impl CallReport {
+    /// Attempts made.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint of the last attempt.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint.lock().ok().and_then(|e| *e)
+    }
+
+    fn attempt(&self, endpoint: SocketAddr) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.endpoint.lock() {
+            *last = Some(endpoint);
+        }
+    }
 }
 
 /// A response head and what must live as long as its body.
@@ -313,6 +344,14 @@ impl Upstream {
             uri.path_and_query = Some(path.clone());
             *request.uri_mut() =
                 Uri::from_parts(uri).map_err(|e| ProxyError::UpstreamConnect(e.into()))?;
+            if let Some(report) = options.report {
+                report.attempt(endpoint.addr);
+            }
+            let attempt_span = options.trace.map(|(tracing, trace)| {
+                let cx = tracing.attempt(trace, attempt);
+                trace.inject(&cx, request.headers_mut());
+                cx
+            });
 
             let started = Instant::now();
             let try_deadline = match options.retry {
@@ -340,6 +379,13 @@ impl Upstream {
                 Err(_) => true,
             };
             self.record(&endpoints, endpoint, failed, latency, probe.take());
+            if let Some(cx) = attempt_span {
+                let (status, error) = match &outcome {
+                    Ok(response) => (Some(response.status().as_u16()), None),
+                    Err((err, _)) => (None, Some(err.reason())),
+                };
+                trace::finish_attempt(cx, endpoint.addr, status, error);
+            }
 
             let attempt_outcome = match &outcome {
                 Ok(response) => AttemptOutcome::Status(response.status().as_u16()),

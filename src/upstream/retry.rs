@@ -8,6 +8,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,8 +26,8 @@ use crate::config::model::{RetryConfig, RetryOn};
 /// The body sent upstream: streamed from the client, or kept in memory for replay.
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// The client's body, passed through as it arrives.
-    Stream(Incoming),
+    /// The client's body, passed through as it arrives; bytes are counted when a counter is given.
+    Stream(Incoming, Option<Arc<AtomicU64>>),
     /// A body held in memory (possibly empty); `None` once sent.
     Buffered(Option<Bytes>),
 }
@@ -39,7 +41,15 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Stream(inner) => Pin::new(inner).poll_frame(cx),
+            UpstreamBody::Stream(inner, counter) => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (counter, &polled) {
+                    if let Some(data) = frame.data_ref() {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
             UpstreamBody::Buffered(bytes) => Poll::Ready(
                 bytes
                     .take()
@@ -51,14 +61,14 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Stream(inner) => inner.is_end_stream(),
+            UpstreamBody::Stream(inner, _) => inner.is_end_stream(),
             UpstreamBody::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Stream(inner) => inner.size_hint(),
+            UpstreamBody::Stream(inner, _) => inner.size_hint(),
             UpstreamBody::Buffered(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -80,7 +90,7 @@ pub async fn buffer_for_replay(
             let bytes = body.collect().await?.to_bytes();
             Ok((UpstreamBody::Buffered(Some(bytes)), true))
         }
-        _ => Ok((UpstreamBody::Stream(body), false)),
+        _ => Ok((UpstreamBody::Stream(body, None), false)),
     }
 }
 
