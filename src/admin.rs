@@ -22,6 +22,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::config::model::{
+    AccessLogOutput, BalancerKind, Config, HostMatch, ListenerConfig, LogFormat, Propagation,
+    RetryConfig, RetryOn, UpstreamConfig,
+};
 use crate::proxy::Runtime;
 use crate::server::shutdown::ShutdownSignal;
 use crate::telemetry::metrics::Metrics;
@@ -107,6 +111,165 @@ fn upstream_json(u: &Upstream, now: Instant) -> Value {
     })
 }
 
+fn secs(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn retry_json(p: &RetryConfig) -> Value {
+    json!({
+        "attempts": p.attempts,
+        "per_try_timeout": secs(p.per_try_timeout),
+        "on": p.on.iter().map(|o| match o {
+            RetryOn::ConnectFailure => "connect-failure".to_owned(),
+            RetryOn::Reset => "reset".to_owned(),
+            RetryOn::Timeout => "timeout".to_owned(),
+            RetryOn::ServerErrors => "5xx".to_owned(),
+            RetryOn::Status(code) => code.to_string(),
+        }).collect::<Vec<_>>(),
+        "backoff": secs(p.backoff),
+        "max_backoff": secs(p.max_backoff),
+        "budget_ratio": p.budget_ratio,
+        "min_retries_per_second": p.min_retries_per_second,
+        "max_body": p.max_body,
+    })
+}
+
+fn listener_json(config: &Config, l: &ListenerConfig) -> Value {
+    let routes: Vec<Value> = l
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": &*r.name,
+                "match": {
+                    "host": r.matcher.host.as_ref().map(|h| match h {
+                        HostMatch::Exact(h) => h.clone(),
+                        HostMatch::Suffix(s) => format!("*{s}"),
+                    }),
+                    "path_prefix": r.matcher.path_prefix,
+                    "header": r.matcher.header.as_ref().map(|(n, v)| json!({
+                        "name": n.as_str(),
+                        "value": v.to_str().unwrap_or("<binary>"),
+                    })),
+                },
+                "upstream": config.upstreams.get(r.upstream).map(|u| &*u.name),
+                "timeout": secs(r.timeout),
+                "retry": r.retry.as_ref().map(retry_json),
+            })
+        })
+        .collect();
+    json!({
+        "name": &*l.name,
+        "direction": l.direction.as_str(),
+        "listen": l.listen.to_string(),
+        "max_connections": l.max_connections.get(),
+        "header_read_timeout": secs(l.header_read_timeout),
+        "idle_timeout": secs(l.idle_timeout),
+        "max_header_bytes": l.max_header_bytes,
+        "max_headers": l.max_headers,
+        "access_log": l.access_log,
+        "routes": routes,
+    })
+}
+
+fn upstream_config_json(u: &UpstreamConfig) -> Value {
+    json!({
+        "name": &*u.name,
+        "endpoints": u.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "weights": u.weights,
+        "connect_timeout": secs(u.connect_timeout),
+        "dns_refresh": secs(u.dns_refresh),
+        "balancer": match &u.balancer {
+            BalancerKind::P2c => "p2c".to_owned(),
+            BalancerKind::RoundRobin => "round_robin".to_owned(),
+            BalancerKind::Hash(h) => format!("hash({h})"),
+        },
+        "pool": {
+            "max_connections": u.pool.max_connections.get(),
+            "max_requests": u.pool.max_requests.get(),
+            "max_pending": u.pool.max_pending,
+            "queue_timeout": secs(u.pool.queue_timeout),
+            "idle_timeout": secs(u.pool.idle_timeout),
+        },
+        "breaker": {
+            "enabled": u.breaker.enabled,
+            "consecutive_failures": u.breaker.consecutive_failures,
+            "failure_rate": u.breaker.failure_rate,
+            "window": secs(u.breaker.window),
+            "min_requests": u.breaker.min_requests,
+            "slow_call_threshold": secs(u.breaker.slow_call_threshold),
+            "slow_call_rate": u.breaker.slow_call_rate,
+            "open_for": secs(u.breaker.open_for),
+            "max_open_for": secs(u.breaker.max_open_for),
+            "half_open_probes": u.breaker.half_open_probes,
+            "failure_statuses": u.breaker.failure_statuses,
+        },
+        "outlier": {
+            "enabled": u.outlier.enabled,
+            "consecutive_failures": u.outlier.consecutive_failures,
+            "base_ejection": secs(u.outlier.base_ejection),
+            "max_ejection": secs(u.outlier.max_ejection),
+            "max_ejected_percent": u.outlier.max_ejected_percent,
+        },
+        "health": u.health.as_ref().map(|h| json!({
+            "path": h.path.as_str(),
+            "interval": secs(h.interval),
+            "timeout": secs(h.timeout),
+            "unhealthy_after": h.unhealthy_after,
+            "healthy_after": h.healthy_after,
+        })),
+    })
+}
+
+/// The effective config after defaults, as `/config` shows it. Credentials in URLs are redacted.
+pub fn config_json(config: &Config) -> Value {
+    json!({
+        "admin": { "listen": config.admin.listen.to_string() },
+        "metrics": { "listen": config.metrics.listen.to_string() },
+        "tracing": {
+            "service_name": config.tracing.service_name,
+            "propagation": config.tracing.propagation.iter().map(|p| match p {
+                Propagation::TraceContext => "tracecontext",
+                Propagation::B3 => "b3",
+                Propagation::B3Single => "b3single",
+            }).collect::<Vec<_>>(),
+            "otlp_endpoint": config.tracing.otlp_endpoint.as_deref().map(redact_url),
+            "sample_ratio": config.tracing.sample_ratio,
+        },
+        "access_log": {
+            "output": match &config.access_log.output {
+                AccessLogOutput::Stdout => "stdout".to_owned(),
+                AccessLogOutput::File(p) => p.display().to_string(),
+            },
+        },
+        "shutdown": {
+            "drain_delay": secs(config.shutdown.drain_delay),
+            "grace_period": secs(config.shutdown.grace_period),
+        },
+        "log": {
+            "format": match config.log.format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "level": config.log.level,
+        },
+        "listeners": config.listeners.iter().map(|l| listener_json(config, l)).collect::<Vec<_>>(),
+        "upstreams": config.upstreams.iter().map(upstream_config_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Replaces user information in a URL (`http://user:secret@host/`) with `REDACTED`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return url.to_owned();
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) if authority.as_str().contains('@') => {
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            let path = uri.path_and_query().map_or("", |p| p.as_str());
+            format!("{scheme}://REDACTED@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn json_response(value: &Value) -> Response<ProxyBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut response = Response::new(ProxyBody::bytes(body));
@@ -125,6 +288,9 @@ fn respond(
     if matches!(req.method(), &Method::GET) && req.uri().path() == "/upstreams" {
         return json_response(&upstreams_json(&runtime.load()));
     }
+    if matches!(req.method(), &Method::GET) && req.uri().path() == "/config" {
+        return json_response(&config_json(&runtime.load().config));
+    }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/live") => (StatusCode::OK, "live\n"),
         (&Method::GET | &Method::HEAD, "/ready") if health.is_ready() => {
@@ -136,7 +302,7 @@ fn respond(
         (_, "/live" | "/ready") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         _ => (
             StatusCode::NOT_FOUND,
-            "keel admin: /live, /ready, /upstreams\n",
+            "keel admin: /live, /ready, /upstreams, /config\n",
         ),
     };
     let mut response = Response::new(ProxyBody::text(body));
