@@ -27,6 +27,7 @@ use crate::config::model::{
     RetryConfig, RetryOn, UpstreamConfig,
 };
 use crate::proxy::Runtime;
+use crate::reload::{ReloadOutcome, Reloader};
 use crate::server::shutdown::ShutdownSignal;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -323,17 +324,17 @@ pub(crate) async fn serve_metrics(
 ) {
     let content_type = HeaderValue::from_str(&metrics.content_type())
         .unwrap_or_else(|_| HeaderValue::from_static("text/plain; version=0.0.4"));
-    serve_with(listener, stop, move |req: &Request<Incoming>| {
+    serve_with(listener, stop, move |req: Request<Incoming>| {
         if req.uri().path() != "/metrics" {
             let mut response = Response::new(ProxyBody::text("keel metrics: GET /metrics\n"));
             *response.status_mut() = StatusCode::NOT_FOUND;
-            return response;
+            return std::future::ready(response);
         }
         let mut response = Response::new(ProxyBody::bytes(metrics.render(&runtime.load())));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type.clone());
-        response
+        std::future::ready(response)
     })
     .await;
 }
@@ -343,18 +344,51 @@ pub(crate) async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
+    reloader: Arc<Reloader>,
     stop: ShutdownSignal,
 ) {
-    serve_with(listener, stop, move |req: &Request<Incoming>| {
-        respond(&health, &runtime, req)
+    serve_with(listener, stop, move |req: Request<Incoming>| {
+        let (health, runtime, reloader) = (health.clone(), runtime.clone(), reloader.clone());
+        async move {
+            if req.uri().path() == "/reload" {
+                return reload(&reloader, &req).await;
+            }
+            if req.uri().path() == "/config" && req.method() == Method::GET {
+                let mut doc = config_json(&runtime.load().config);
+                doc["last_reload_error"] = reloader.last_error().map_or(Value::Null, Value::String);
+                return json_response(&doc);
+            }
+            respond(&health, &runtime, &req)
+        }
     })
     .await;
 }
 
+/// `POST /reload`: 200 with what changed, or 400 with every config error.
+async fn reload(reloader: &Reloader, req: &Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::POST {
+        let mut response = Response::new(ProxyBody::text("use POST /reload\n"));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return response;
+    }
+    match reloader.reload().await {
+        Ok(ReloadOutcome::Unchanged) => json_response(&json!({ "result": "unchanged" })),
+        Ok(ReloadOutcome::Applied { rebuilt, kept }) => {
+            json_response(&json!({ "result": "applied", "rebuilt": rebuilt, "kept": kept }))
+        }
+        Err(error) => {
+            let mut response = Response::new(ProxyBody::bytes(format!("{error}\n")));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response
+        }
+    }
+}
+
 /// A small HTTP server answering every request with `respond`, until `stop` fires.
-async fn serve_with<F>(listener: TcpListener, mut stop: ShutdownSignal, respond: F)
+async fn serve_with<F, Fut>(listener: TcpListener, mut stop: ShutdownSignal, respond: F)
 where
-    F: Fn(&Request<Incoming>) -> Response<ProxyBody> + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let respond = Arc::new(respond);
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -373,8 +407,8 @@ where
         };
         let respond = respond.clone();
         let service = service_fn(move |req| {
-            let response = respond(&req);
-            async move { Ok::<_, Infallible>(response) }
+            let response = respond(req);
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -9,6 +9,7 @@
 //! - [`upstream`]: per-upstream pool and bulkhead.
 //! - [`admin`]: `/live`, `/ready`, `/upstreams`, and the `/metrics` listener.
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`reload`]: validate-and-swap config reloads (file watch, SIGHUP, `POST /reload`).
 //! - [`demo`]: built-in upstreams for `keel demo`.
 //!
 //! # One request, one direction
@@ -32,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod telemetry;

@@ -63,7 +63,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, log_format } => {
-            let config = match keel::config::load(&config) {
+            let path = config;
+            let config = match keel::config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
                 None => config.log.format,
             };
             init_logging(format, &config.log.level);
-            report(runtime().and_then(|rt| rt.block_on(run(config))))
+            report(runtime().and_then(|rt| rt.block_on(run(config, path))))
         }
         Command::Demo {
             listen,
@@ -147,8 +148,9 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let running = keel::server::start(config).await?;
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let running = keel::server::start_with_source(config, Some(path)).await?;
+    keel::reload::watch(running.reloader()).map_err(|e| anyhow::anyhow!(e))?;
     wait_for_signal().await?;
     running.drain().await;
     Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 /// A validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The admin listener.
     pub admin: AdminConfig,
@@ -39,14 +39,14 @@ impl Config {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// Where `/live` and `/ready` are served.
     pub listen: SocketAddr,
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// Where `/metrics` is served.
     pub listen: SocketAddr,
@@ -64,7 +64,7 @@ pub enum Propagation {
 }
 
 /// `[tracing]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {
     /// `service.name` of keel's spans.
     pub service_name: String,
@@ -86,14 +86,14 @@ pub enum AccessLogOutput {
 }
 
 /// `[access_log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLogConfig {
     /// Output of the listeners with `access_log = true`.
     pub output: AccessLogOutput,
 }
 
 /// `[shutdown]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShutdownConfig {
     /// Wait between the stop signal and closing listeners, so load balancers notice `/ready`.
     pub drain_delay: Duration,
@@ -111,7 +111,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Line format.
     pub format: LogFormat,
@@ -139,7 +139,7 @@ impl Direction {
 }
 
 /// One listener with its routes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Unique name.
     pub name: Arc<str>,
@@ -173,7 +173,7 @@ pub enum HostMatch {
 }
 
 /// The conditions of a route; all given ones must hold.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteMatch {
     /// Host condition.
     pub host: Option<HostMatch>,
@@ -199,7 +199,7 @@ pub enum RetryOn {
 }
 
 /// Retry policy of a route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Total tries including the first (at least 1).
     pub attempts: u32,
@@ -220,7 +220,7 @@ pub struct RetryConfig {
 }
 
 /// One route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Name for metrics and logs.
     pub name: Arc<str>,
@@ -250,7 +250,7 @@ impl std::fmt::Display for EndpointAddr {
 }
 
 /// `[upstreams.NAME.pool]`: the bulkhead limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// Most connections open to the upstream.
     pub max_connections: NonZeroUsize,
@@ -276,7 +276,7 @@ pub enum BalancerKind {
 }
 
 /// `[upstreams.NAME.breaker]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Whether the breaker acts at all.
     pub enabled: bool,
@@ -303,7 +303,7 @@ pub struct BreakerConfig {
 }
 
 /// `[upstreams.NAME.outlier]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutlierConfig {
     /// Whether endpoints are ever ejected.
     pub enabled: bool,
@@ -318,7 +318,7 @@ pub struct OutlierConfig {
 }
 
 /// `health = { ... }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     /// Path requested with GET.
     pub path: http::uri::PathAndQuery,
@@ -333,7 +333,7 @@ pub struct HealthConfig {
 }
 
 /// One upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Unique name.
     pub name: Arc<str>,

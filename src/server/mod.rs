@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Health};
 use crate::config::model::Config;
 use crate::proxy::{Runtime, Telemetry};
+use crate::reload::Reloader;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
@@ -59,6 +60,7 @@ pub struct Running {
     metrics: Arc<Metrics>,
     metrics_task: JoinHandle<()>,
     telemetry: Arc<Telemetry>,
+    reloader: Arc<Reloader>,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
     stop_accepting: Shutdown,
@@ -79,8 +81,16 @@ pub async fn build_runtime(config: Config, metrics: &Metrics) -> Runtime {
     Runtime::new(Arc::new(config), upstreams, metrics)
 }
 
-/// Binds everything and starts serving.
+/// Binds everything and starts serving, with reloads refused (no file to reload from).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with_source(config, None).await
+}
+
+/// Binds everything and starts serving; `source` is the file reloads read.
+pub async fn start_with_source(
+    config: Config,
+    source: Option<std::path::PathBuf>,
+) -> Result<Running, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let socket =
@@ -175,10 +185,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         runtime.clone(),
         admin_signal.clone(),
     ));
+    let reloader = Reloader::new(source, runtime.clone(), metrics.clone());
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
         health.clone(),
         runtime.clone(),
+        reloader.clone(),
         admin_signal,
     ));
     health.set_ready(true);
@@ -189,6 +201,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         metrics_task,
         telemetry,
+        reloader,
         health,
         runtime,
         stop_accepting,
@@ -223,6 +236,11 @@ impl Running {
     /// The metrics listener's bound address.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The config reloader (file watch and SIGHUP start with [`crate::reload::watch`]).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Sends every finished span to the collector now (bounded wait).

@@ -475,6 +475,19 @@ pub fn with_loopback_admin(toml: &str) -> String {
     text
 }
 
+/// Starts keel from a config file (reloads read it again); the text gets loopback admin and
+/// metrics listeners unless it places them.
+pub async fn spawn_keel_from_file(path: &std::path::Path, toml: &str) -> Keel {
+    std::fs::write(path, with_loopback_admin(toml)).unwrap();
+    let config = keel::config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let running = keel::server::start_with_source(config, Some(path.to_owned()))
+        .await
+        .unwrap();
+    Keel {
+        running: Some(running),
+    }
+}
+
 /// A one-listener config routing everything to one upstream, with extra upstream settings.
 pub fn single_route(upstream: SocketAddr, upstream_extra: &str, route_extra: &str) -> String {
     format!(
@@ -648,6 +661,11 @@ impl KeelProcess {
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
             .unwrap()
+    }
+
+    /// The config file keel was started with (rewrite it to test reloads).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
     }
 
     pub fn pid(&self) -> u32 {
