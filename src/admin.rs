@@ -26,7 +26,9 @@ use crate::config::model::{
     AccessLogOutput, BalancerKind, Config, HostMatch, ListenerConfig, LogFormat, Propagation,
     RetryConfig, RetryOn, UpstreamConfig,
 };
+use crate::fault::Chaos;
 use crate::proxy::Runtime;
+use crate::proxy::Telemetry;
 use crate::reload::{ReloadOutcome, Reloader};
 use crate::server::shutdown::ShutdownSignal;
 use crate::telemetry::metrics::Metrics;
@@ -345,13 +347,27 @@ pub(crate) async fn serve(
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
     reloader: Arc<Reloader>,
+    telemetry: Arc<Telemetry>,
     stop: ShutdownSignal,
 ) {
     serve_with(listener, stop, move |req: Request<Incoming>| {
         let (health, runtime, reloader) = (health.clone(), runtime.clone(), reloader.clone());
+        let telemetry = telemetry.clone();
         async move {
             if req.uri().path() == "/reload" {
                 return reload(&reloader, &req).await;
+            }
+            if req.uri().path() == "/faults" {
+                return faults(&telemetry.chaos, &runtime, req).await;
+            }
+            if let Some(route) = req
+                .uri()
+                .path()
+                .strip_prefix("/routes/")
+                .and_then(|r| r.strip_suffix("/split"))
+            {
+                let route = route.to_owned();
+                return set_split(&runtime, &route, req).await;
             }
             if req.uri().path() == "/config" && req.method() == Method::GET {
                 let mut doc = config_json(&runtime.load().config);
@@ -362,6 +378,140 @@ pub(crate) async fn serve(
         }
     })
     .await;
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::bytes(text));
+    *response.status_mut() = status;
+    response
+}
+
+/// Reads a small request body as text (admin bodies are config snippets).
+async fn body_text(req: Request<Incoming>) -> Result<String, Response<ProxyBody>> {
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let bytes = http_body_util::BodyExt::collect(limited)
+        .await
+        .map_err(|e| {
+            text_response(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}\n"),
+            )
+        })?
+        .to_bytes();
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| text_response(StatusCode::BAD_REQUEST, "the body is not UTF-8\n".into()))
+}
+
+/// `GET /faults` lists active faults; `POST /faults` adds `[[faults]]` (validated like the
+/// config file); `DELETE /faults` is the kill switch.
+async fn faults(
+    chaos: &Chaos,
+    runtime: &ArcSwap<Runtime>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    match *req.method() {
+        Method::GET => json_response(&chaos.list(std::time::SystemTime::now())),
+        Method::DELETE => {
+            let removed = chaos.clear();
+            tracing::warn!(removed, "all faults removed through the admin API");
+            json_response(&json!({ "removed": removed }))
+        }
+        Method::POST => {
+            let text = match body_text(req).await {
+                Ok(text) => text,
+                Err(response) => return response,
+            };
+            let config = runtime.load().config.clone();
+            match crate::config::faults_from_str(&text, "POST /faults", &config) {
+                Ok(list) => {
+                    let ids = chaos.add(list);
+                    tracing::warn!(?ids, "faults added through the admin API");
+                    json_response(&json!({ "added": ids }))
+                }
+                Err(errors) => text_response(StatusCode::BAD_REQUEST, format!("{errors}\n")),
+            }
+        }
+        _ => text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET, POST or DELETE /faults\n".into(),
+        ),
+    }
+}
+
+/// `POST /routes/NAME/split` with a body `split = [{ upstream = "v1", weight = 90 }, ...]`:
+/// new weights for the route's existing targets, applied at once without a reload.
+async fn set_split(
+    runtime: &ArcSwap<Runtime>,
+    route: &str,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        split: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        upstream: String,
+        weight: u32,
+    }
+    if req.method() != Method::POST {
+        return text_response(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
+    }
+    let text = match body_text(req).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let body: Body = match toml::from_str(&text) {
+        Ok(body) => body,
+        Err(e) => {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                format!("POST /routes/{route}/split: {e}\n"),
+            )
+        }
+    };
+    let runtime = runtime.load();
+    let mut updated = 0;
+    for (listener, states) in runtime.config.listeners.iter().zip(&runtime.routes) {
+        for (config, state) in listener.routes.iter().zip(states) {
+            if &*config.name != route {
+                continue;
+            }
+            let mut weights = vec![0u32; config.targets.len()];
+            for entry in &body.split {
+                let position = config.targets.iter().position(|t| {
+                    runtime
+                        .upstreams
+                        .get(t.upstream)
+                        .is_some_and(|u| *u.name == entry.upstream)
+                });
+                match position {
+                    Some(i) => weights[i] = entry.weight,
+                    None => {
+                        return text_response(
+                            StatusCode::BAD_REQUEST,
+                            format!("route `{route}` has no target `{}`; targets are set in the config file\n", entry.upstream),
+                        )
+                    }
+                }
+            }
+            if weights.iter().all(|w| *w == 0) {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    "at least one weight must be above 0\n".into(),
+                );
+            }
+            state.set_weights(&weights);
+            updated += 1;
+        }
+    }
+    if updated == 0 {
+        return text_response(StatusCode::NOT_FOUND, format!("no route named `{route}`\n"));
+    }
+    tracing::info!(route, ?text, "split weights changed through the admin API");
+    json_response(&json!({ "route": route, "updated": updated }))
 }
 
 /// `POST /reload`: 200 with what changed, or 400 with every config error.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::fault::Throttle;
 use crate::server::conn::RequestMark;
 use crate::telemetry::access_log::PendingRecord;
 use crate::upstream::bulkhead::BulkheadPermit;
@@ -30,6 +31,8 @@ pub enum ProxyBody {
         mark: Option<RequestMark>,
         /// The access log record, sent when the body is done.
         log: Option<PendingRecord>,
+        /// Paces the body when a `slow_body` fault applies.
+        throttle: Option<Throttle>,
     },
     /// Written by keel (errors, admin); `None` once sent.
     Full(Option<Bytes>),
@@ -66,8 +69,31 @@ impl Body for ProxyBody {
                 permit,
                 mark,
                 log,
+                throttle,
             } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                if let Some(t) = throttle.as_mut().filter(|t| t.has_leftover()) {
+                    match t.poll_slice(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(frame)) => {
+                            if let (Some(log), Some(data)) = (log.as_mut(), frame.data_ref()) {
+                                log.bytes_out += data.len() as u64;
+                            }
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        Poll::Ready(None) => {}
+                    }
+                }
+                let mut polled = Pin::new(inner).poll_frame(cx);
+                if let (Some(t), Poll::Ready(Some(Ok(frame)))) = (throttle.as_mut(), &mut polled) {
+                    if let Some(data) = frame.data_mut() {
+                        t.push(std::mem::take(data));
+                        polled = match t.poll_slice(cx) {
+                            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+                            Poll::Ready(None) => Poll::Ready(Some(Ok(Frame::data(Bytes::new())))),
+                            Poll::Pending => return Poll::Pending,
+                        };
+                    }
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(log), Some(data)) = (log.as_mut(), frame.data_ref()) {

@@ -46,6 +46,17 @@ pub enum ProxyError {
         /// Time until the breaker lets a probe through.
         retry_after: Duration,
     },
+    /// A fault injected on purpose answered instead of the upstream.
+    #[error("fault injected: {status}")]
+    FaultInjected {
+        /// The status the fault answers with (200 for a gRPC abort).
+        status: StatusCode,
+        /// The `grpc-status` of a gRPC abort.
+        grpc: Option<u16>,
+    },
+    /// A fault injected on purpose closes the client connection without a response.
+    #[error("fault injected: connection reset")]
+    FaultReset,
     /// The upstream has no endpoint address (DNS gave nothing).
     #[error("upstream has no resolved endpoint")]
     NoEndpoint,
@@ -71,6 +82,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BulkheadFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::FaultInjected { status, .. } => *status,
+            // Never sent (the connection is closed); 502 is what metrics and logs record.
+            ProxyError::FaultReset => StatusCode::BAD_GATEWAY,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
@@ -85,6 +99,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no-route",
             ProxyError::BulkheadFull(_) => "bulkhead-full",
             ProxyError::CircuitOpen { .. } => "circuit-open",
+            ProxyError::FaultInjected { .. } | ProxyError::FaultReset => "fault-injected",
             ProxyError::NoEndpoint => "upstream-connect",
             ProxyError::UpstreamConnect(_) => "upstream-connect",
             ProxyError::UpstreamReset(_) => "upstream-reset",
@@ -99,7 +114,9 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::NoRoute
             | ProxyError::BulkheadFull(_)
-            | ProxyError::CircuitOpen { .. } => false,
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::FaultInjected { .. }
+            | ProxyError::FaultReset => false,
             ProxyError::NoEndpoint
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)

@@ -10,6 +10,7 @@
 //! - [`admin`]: `/live`, `/ready`, `/upstreams`, and the `/metrics` listener.
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`reload`]: validate-and-swap config reloads (file watch, SIGHUP, `POST /reload`).
+//! - [`fault`]: time-boxed fault injection.
 //! - [`demo`]: built-in upstreams for `keel demo`.
 //!
 //! # One request, one direction
@@ -32,6 +33,8 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fault;
+pub mod mirror;
 pub mod proxy;
 pub mod reload;
 pub mod router;

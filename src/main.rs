@@ -27,6 +27,10 @@ enum Command {
         /// Log line format; overrides `[log] format`.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+        /// Allow `[[faults]]` entries in the config (refused otherwise, so a stray fault cannot
+        /// reach production by accident).
+        #[arg(long)]
+        allow_faults: bool,
     },
     /// Check a config file and print every problem as FILE:LINE:COL; exit 1 if there is one.
     Check {
@@ -62,7 +66,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, log_format } => {
+        Command::Run {
+            config,
+            log_format,
+            allow_faults,
+        } => {
             let path = config;
             let config = match keel::config::load(&path) {
                 Ok(config) => config,
@@ -82,7 +90,7 @@ fn main() -> ExitCode {
                 None => config.log.format,
             };
             init_logging(format, &config.log.level);
-            report(runtime().and_then(|rt| rt.block_on(run(config, path))))
+            report(runtime().and_then(|rt| rt.block_on(run(config, path, allow_faults))))
         }
         Command::Demo {
             listen,
@@ -148,8 +156,8 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let running = keel::server::start_with_source(config, Some(path)).await?;
+async fn run(config: Config, path: PathBuf, allow_faults: bool) -> anyhow::Result<()> {
+    let running = keel::server::start_with(config, Some(path), allow_faults).await?;
     keel::reload::watch(running.reloader()).map_err(|e| anyhow::anyhow!(e))?;
     wait_for_signal().await?;
     running.drain().await;

@@ -20,19 +20,24 @@ use tokio::time::Instant;
 use crate::body::ProxyBody;
 use crate::config::model::Config;
 use crate::config::model::Direction;
+use crate::config::model::{FaultAction, RouteConfig};
 use crate::error::ProxyError;
+use crate::fault::{self, Chaos};
+use crate::mirror;
 use crate::router;
 use crate::server::conn::{ConnWatch, RequestMark};
 use crate::telemetry::access_log::{self, AccessLog, AccessRecord, Flags, PendingRecord};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::telemetry::trace::{RequestTrace, Tracing};
-use crate::upstream::balancer::random_u64;
+use crate::upstream::balancer::{random_u64, random_unit};
 use crate::upstream::bulkhead::BulkheadPermit;
 use crate::upstream::retry::{self, RetryBudget, UpstreamBody};
 use crate::upstream::CallReport;
 use crate::upstream::{CallOptions, CallSuccess, Upstream};
 use opentelemetry::KeyValue;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::SystemTime;
 
 /// Everything a request needs that can change on reload: the config and the upstreams built
 /// from it, swapped together.
@@ -53,8 +58,59 @@ pub struct Runtime {
 pub struct RouteState {
     /// The retry budget, when the route retries.
     pub budget: Option<RetryBudget>,
-    /// Request counters and histogram of this (listener, route, upstream).
-    pub metrics: RouteMetrics,
+    /// Request counters and histogram per target (listener, route, upstream).
+    pub metrics: Vec<RouteMetrics>,
+    /// Current weight per target; `POST /routes/NAME/split` changes them without a reload.
+    pub weights: Vec<AtomicU32>,
+}
+
+impl RouteState {
+    /// Picks a target by weight: sticky by the route's header when the request has it.
+    pub fn pick_target(&self, route: &RouteConfig, headers: &HeaderMap) -> usize {
+        if self.weights.len() < 2 {
+            return 0;
+        }
+        let weights: [u64; 16] = std::array::from_fn(|i| {
+            self.weights
+                .get(i)
+                .map_or(0, |w| u64::from(w.load(Ordering::Relaxed)))
+        });
+        let total: u64 = weights.iter().take(self.weights.len()).sum();
+        if total == 0 {
+            return 0;
+        }
+        let ticket = match route.sticky_header.as_ref().and_then(|h| headers.get(h)) {
+            Some(value) => stable_hash(value.as_bytes()) % total,
+            None => (random_unit() * total as f64) as u64 % total,
+        };
+        let mut left = ticket;
+        for (i, w) in weights.iter().take(self.weights.len()).enumerate() {
+            if left < *w {
+                return i;
+            }
+            left -= w;
+        }
+        0
+    }
+
+    /// Sets the weights (same order as the route's targets).
+    pub fn set_weights(&self, weights: &[u32]) {
+        for (slot, w) in self.weights.iter().zip(weights) {
+            slot.store(*w, Ordering::Relaxed);
+        }
+    }
+}
+
+/// FNV-1a then a final mix: the same header value always lands on the same target.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
 }
 
 impl Runtime {
@@ -66,12 +122,17 @@ impl Runtime {
             .map(|l| {
                 l.routes
                     .iter()
-                    .map(|r| {
-                        let upstream = upstreams.get(r.upstream).map_or("", |u| &*u.name);
-                        RouteState {
-                            budget: r.retry.as_ref().map(RetryBudget::new),
-                            metrics: metrics.route(&l.name, &r.name, upstream),
-                        }
+                    .map(|r| RouteState {
+                        budget: r.retry.as_ref().map(RetryBudget::new),
+                        metrics: r
+                            .targets
+                            .iter()
+                            .map(|t| {
+                                let upstream = upstreams.get(t.upstream).map_or("", |u| &*u.name);
+                                metrics.route(&l.name, &r.name, upstream)
+                            })
+                            .collect(),
+                        weights: r.targets.iter().map(|t| AtomicU32::new(t.weight)).collect(),
                     })
                     .collect()
             })
@@ -90,9 +151,14 @@ impl Runtime {
     }
 
     /// The metric handles for a request on `listener` that matched `route` (or none).
-    pub fn route_metrics(&self, listener: usize, route: Option<usize>) -> Option<&RouteMetrics> {
+    pub fn route_metrics(
+        &self,
+        listener: usize,
+        route: Option<usize>,
+        target: usize,
+    ) -> Option<&RouteMetrics> {
         match route {
-            Some(i) => self.routes.get(listener)?.get(i).map(|r| &r.metrics),
+            Some(i) => self.routes.get(listener)?.get(i)?.metrics.get(target),
             None => self.no_route.get(listener),
         }
     }
@@ -124,6 +190,8 @@ pub struct Telemetry {
     pub tracing: Tracing,
     /// The access log writer, when any listener logs.
     pub access_log: Option<AccessLog>,
+    /// Injected faults.
+    pub chaos: Chaos,
 }
 
 /// `keel-error`, set on every response keel produced itself.
@@ -139,6 +207,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 #[derive(Debug, Default)]
 struct RequestInfo {
     route: Option<usize>,
+    target: usize,
+    fault: Option<&'static str>,
     upstream: Option<Arc<str>>,
     request_id: Option<HeaderValue>,
     upstream_time: Option<std::time::Duration>,
@@ -147,7 +217,10 @@ struct RequestInfo {
 
 /// Serves one request: forwards it, or answers with keel's own error response; then records
 /// metrics, ends the span and (on logging listeners) queues the access log line.
-pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ResetConnection> {
     let started = Instant::now();
     let mark = ctx.watch.request_started(req.version() == Version::HTTP_2);
     // One atomic load per request; the Arc keeps this config alive while the request runs.
@@ -198,7 +271,7 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<P
         }
     };
     let status = response.status().as_u16();
-    if let Some(metrics) = runtime.route_metrics(ctx.listener, info.route) {
+    if let Some(metrics) = runtime.route_metrics(ctx.listener, info.route, info.target) {
         metrics.observe(status, started.elapsed().as_secs_f64());
     }
     let route = info
@@ -221,6 +294,9 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<P
         if let Some(endpoint) = info.report.endpoint() {
             attributes.push(KeyValue::new("keel.endpoint", endpoint.to_string()));
         }
+        if let Some(kind) = info.fault {
+            attributes.push(KeyValue::new("keel.fault", kind));
+        }
         trace.set(attributes);
     }
     if let Some(log) = access_log {
@@ -241,6 +317,7 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<P
                 breaker_open: matches!(error, Some(ProxyError::CircuitOpen { .. })),
                 bulkhead_full: matches!(error, Some(ProxyError::BulkheadFull(_))),
                 timed_out: matches!(error, Some(ProxyError::UpstreamTimeout(_))),
+                fault: info.fault,
             },
             attempts: info.report.attempts(),
             duration_ms: 0.0,
@@ -266,8 +343,16 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<P
         }
     }
     trace.finish(status, reason);
-    response
+    if matches!(error, Some(ProxyError::FaultReset)) {
+        return Err(ResetConnection);
+    }
+    Ok(response)
 }
+
+/// Returned to hyper to close the client connection without a response (a `reset` fault).
+#[derive(Debug, thiserror::Error)]
+#[error("connection reset by an injected fault")]
+pub struct ResetConnection;
 
 /// keel's response for an error: status, `keel-error` reason, short text body.
 pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
@@ -292,6 +377,24 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
                 HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
             );
         }
+        ProxyError::FaultInjected {
+            grpc: Some(code), ..
+        } => {
+            // A trailers-only gRPC error: status 200, grpc-status in the head.
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert(
+                HeaderName::from_static("grpc-status"),
+                HeaderValue::from(*code),
+            );
+            headers.insert(
+                HeaderName::from_static("grpc-message"),
+                HeaderValue::from_static("fault%20injected%20by%20keel"),
+            );
+            *response.body_mut() = ProxyBody::empty();
+        }
         _ => {}
     }
     response
@@ -303,6 +406,7 @@ fn error_body(reason: &'static str) -> &'static str {
         "no-route" => "keel: no route matches this request\n",
         "bulkhead-full" => "keel: upstream is at its concurrency limit\n",
         "circuit-open" => "keel: upstream is failing; circuit breaker open\n",
+        "fault-injected" => "keel: fault injected on purpose\n",
         "upstream-connect" => "keel: could not connect to upstream\n",
         "upstream-reset" => "keel: upstream connection failed\n",
         "upstream-timeout" => "keel: upstream did not answer in time\n",
@@ -332,23 +436,72 @@ async fn forward(
         router::route(&listener.routes, host, req.uri().path(), req.headers())
             .ok_or(ProxyError::NoRoute)?;
     info.route = Some(route_index);
-    let upstream = runtime
-        .upstreams
-        .get(route.upstream)
-        .ok_or(ProxyError::NoRoute)?
-        .clone();
-    let budget = runtime
+    let state = runtime
         .routes
         .get(ctx.listener)
         .and_then(|routes| routes.get(route_index))
-        .and_then(|state| state.budget.as_ref());
+        .ok_or(ProxyError::NoRoute)?;
+    let target = state.pick_target(route, req.headers());
+    info.target = target;
+    let upstream = route
+        .targets
+        .get(target)
+        .and_then(|t| runtime.upstreams.get(t.upstream))
+        .ok_or(ProxyError::NoRoute)?
+        .clone();
+    info.upstream = Some(upstream.name.clone());
+    let budget = state.budget.as_ref();
     let timeout = route.timeout;
     let deadline = started + timeout;
+
+    // Faults come after routing (they are scoped by route and upstream) and before the bulkhead:
+    // an injected failure never touches the upstream or its slots.
+    let mut throttle = None;
+    if let Some(fault) = ctx.telemetry.chaos.pick(
+        &route.name,
+        &upstream.name,
+        req.headers(),
+        SystemTime::now(),
+    ) {
+        info.fault = Some(fault.config.action.kind());
+        let counts = fault.config.count_for_breaker;
+        match &fault.config.action {
+            FaultAction::Delay { .. } => {
+                if let Some(delay) = fault::delay_of(&fault.config.action) {
+                    tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;
+                }
+            }
+            FaultAction::Abort(status) => {
+                if counts {
+                    upstream.record_injected_failure();
+                }
+                return Err(ProxyError::FaultInjected {
+                    status: *status,
+                    grpc: None,
+                });
+            }
+            FaultAction::GrpcAbort(code) => {
+                if counts {
+                    upstream.record_injected_failure();
+                }
+                return Err(ProxyError::FaultInjected {
+                    status: StatusCode::OK,
+                    grpc: Some(*code),
+                });
+            }
+            FaultAction::Reset => {
+                if counts {
+                    upstream.record_injected_failure();
+                }
+                return Err(ProxyError::FaultReset);
+            }
+            FaultAction::SlowBody(rate) => throttle = Some(fault::Throttle::new(*rate)),
+        }
+    }
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     info.request_id = Some(prepare_request(ctx, &mut req, &authority, upgrade)?);
-    info.upstream = Some(upstream.name.clone());
 
     let idempotent = retry::is_idempotent(req.method(), req.headers());
     let hash_key = upstream
@@ -358,10 +511,20 @@ async fn forward(
         .cloned();
     let (parts, body) = req.into_parts();
     let retry = route.retry.as_ref().zip(budget);
-    let body = match retry {
-        // Keep small bodies in memory so a retry can resend them.
-        Some((policy, _)) => {
-            let (body, _) = retry::buffer_for_replay(body, policy.max_body)
+    let mirror = route
+        .mirror
+        .as_ref()
+        .filter(|m| random_unit() * 100.0 < m.percent)
+        .and_then(|m| runtime.upstreams.get(m.upstream).cloned());
+    let keep_in_memory = match (retry, &mirror) {
+        (Some((policy, _)), _) => Some(policy.max_body),
+        (None, Some(_)) => Some(crate::config::model::defaults::RETRY_MAX_BODY),
+        (None, None) => None,
+    };
+    let body = match keep_in_memory {
+        // Keep small bodies in memory so a retry (or the mirror) can send them again.
+        Some(max_body) => {
+            let (body, _) = retry::buffer_for_replay(body, max_body)
                 .await
                 .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
             match body {
@@ -386,6 +549,14 @@ async fn forward(
         trace: Some((&ctx.telemetry.tracing, trace)),
         report: Some(&info.report),
     };
+    if let (Some(shadow), UpstreamBody::Buffered(Some(bytes))) = (mirror, &body) {
+        tokio::spawn(mirror::send(
+            shadow,
+            mirror::copy_head(&parts),
+            bytes.clone(),
+            timeout,
+        ));
+    }
     let call_started = Instant::now();
     let result = upstream
         .call(Request::from_parts(parts, body), options)
@@ -424,6 +595,7 @@ async fn forward(
         permit: Some(permit),
         mark: Some(mark),
         log: None,
+        throttle,
     }))
 }
 

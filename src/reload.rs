@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 use crate::config::{self, model::Config};
-use crate::proxy::Runtime;
+use crate::proxy::{Runtime, Telemetry};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -49,6 +49,8 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     last_text: AsyncMutex<Option<String>>,
     last_error: Mutex<Option<String>>,
+    telemetry: Arc<Telemetry>,
+    allow_faults: bool,
 }
 
 impl Reloader {
@@ -57,6 +59,8 @@ impl Reloader {
         path: Option<PathBuf>,
         runtime: Arc<ArcSwap<Runtime>>,
         metrics: Arc<Metrics>,
+        telemetry: Arc<Telemetry>,
+        allow_faults: bool,
     ) -> Arc<Self> {
         let last_text = path
             .as_deref()
@@ -67,6 +71,8 @@ impl Reloader {
             metrics,
             last_text: AsyncMutex::new(last_text),
             last_error: Mutex::new(None),
+            telemetry,
+            allow_faults,
         })
     }
 
@@ -130,6 +136,15 @@ impl Reloader {
     async fn apply(&self, config: Config) -> Result<ReloadOutcome, String> {
         let current = self.runtime.load_full();
         check_restart_only(&current.config, &config)?;
+        if !config.faults.is_empty() && !self.allow_faults {
+            return Err(format!(
+                "reload refused: the file has {} [[faults]] entr(y/ies) and keel runs without --allow-faults",
+                config.faults.len()
+            ));
+        }
+        self.telemetry
+            .chaos
+            .set_config_faults(config.faults.clone());
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let (mut rebuilt, mut kept) = (Vec::new(), Vec::new());
         for wanted in &config.upstreams {

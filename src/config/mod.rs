@@ -5,6 +5,7 @@
 //! again), then [`validate`] into the runtime [`model`] (every semantic error). The result is either
 //! a [`Config`] or a [`ConfigErrors`] listing every problem as `FILE:LINE:COL: message` with a hint.
 
+mod faults;
 pub mod model;
 pub mod raw;
 mod resilience;
@@ -14,7 +15,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -153,7 +153,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn from_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut trimmed_tables = Vec::new();
-    let raw = deserialize_all(text, &mut errors, &mut trimmed_tables);
+    let raw: Option<raw::RawConfig> = deserialize_all(text, &mut errors, &mut trimmed_tables);
     let config = raw.and_then(|raw| validate::validate(raw, &mut errors));
     errors.retain(|e| !(e.missing_key && trimmed_tables.contains(&e.span)));
     match config {
@@ -162,15 +162,55 @@ pub fn from_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// Checks a document of `[[faults]]` (the body of `POST /faults`) against the running config.
+pub fn faults_from_str(
+    text: &str,
+    source: &str,
+    config: &Config,
+) -> Result<Vec<model::FaultConfig>, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut trimmed_tables = Vec::new();
+    let raw: Option<raw::RawFaults> = deserialize_all(text, &mut errors, &mut trimmed_tables);
+    let routes: Vec<std::sync::Arc<str>> = config
+        .listeners
+        .iter()
+        .flat_map(|l| l.routes.iter().map(|r| r.name.clone()))
+        .collect();
+    let faults = raw.map(|raw| {
+        faults::validate(
+            raw.faults,
+            &routes,
+            &config.upstreams,
+            std::time::SystemTime::now(),
+            &mut errors,
+        )
+    });
+    errors.retain(|e| !(e.missing_key && trimmed_tables.contains(&e.span)));
+    match faults {
+        Some(faults) if errors.is_empty() => {
+            if faults.is_empty() {
+                return Err(ConfigErrors::new(
+                    source,
+                    text,
+                    vec![ConfigError::new(0..0, "no [[faults]] entry")
+                        .with_hint("send a TOML document with at least one [[faults]] table")],
+                ));
+            }
+            Ok(faults)
+        }
+        _ => Err(ConfigErrors::new(source, text, errors)),
+    }
+}
+
 /// Deserializes the raw schema, collecting every unknown key and wrong type.
 ///
 /// serde stops at the first error, so each failing entry is removed from the parsed tree and the
 /// tree deserialized again, until it passes. Spans stay those of the original text.
-fn deserialize_all(
+fn deserialize_all<T: serde::de::DeserializeOwned>(
     text: &str,
     errors: &mut Vec<ConfigError>,
     trimmed_tables: &mut Vec<Range<usize>>,
-) -> Option<raw::RawConfig> {
+) -> Option<T> {
     let (mut root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         for e in syntax {
@@ -183,7 +223,7 @@ fn deserialize_all(
         return None;
     }
     for _ in 0..MAX_STRUCTURAL_ERRORS {
-        let attempt = raw::RawConfig::deserialize(toml::de::Deserializer::from(root.clone()));
+        let attempt = T::deserialize(toml::de::Deserializer::from(root.clone()));
         let err = match attempt {
             Ok(raw) => return Some(raw),
             Err(err) => err,

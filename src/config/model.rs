@@ -29,6 +29,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Faults to inject (refused at start unless allowed).
+    pub faults: Vec<FaultConfig>,
 }
 
 impl Config {
@@ -226,12 +228,90 @@ pub struct RouteConfig {
     pub name: Arc<str>,
     /// Match conditions.
     pub matcher: RouteMatch,
-    /// Index into [`Config::upstreams`].
+    /// Index into [`Config::upstreams`] of the first target (the only one without a split).
     pub upstream: usize,
+    /// Targets with weights; one entry for a plain `upstream = ...` route.
+    pub targets: Vec<SplitTarget>,
+    /// Header whose value keeps a client on one target of a split.
+    pub sticky_header: Option<HeaderName>,
+    /// Shadow traffic, when configured.
+    pub mirror: Option<MirrorConfig>,
     /// Time for the response head, retries included (504 after).
     pub timeout: Duration,
     /// Retry policy, when enabled.
     pub retry: Option<RetryConfig>,
+}
+
+/// One weighted target of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitTarget {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Relative weight (0: no traffic).
+    pub weight: u32,
+}
+
+/// Shadow traffic of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorConfig {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Share of requests copied, 0 to 100.
+    pub percent: f64,
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultAction {
+    /// Hold the request `delay` plus up to `jitter` before sending it.
+    Delay {
+        /// Fixed delay.
+        delay: Duration,
+        /// Random extra, up to this.
+        jitter: Duration,
+    },
+    /// Answer with this status without calling the upstream.
+    Abort(http::StatusCode),
+    /// Answer 200 with `grpc-status: N` (trailers-only gRPC error).
+    GrpcAbort(u16),
+    /// Close the client connection without a response.
+    Reset,
+    /// Throttle the response body to this many bytes per second.
+    SlowBody(u64),
+}
+
+impl FaultAction {
+    /// Label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultAction::Delay { .. } => "delay",
+            FaultAction::Abort(_) => "abort",
+            FaultAction::GrpcAbort(_) => "grpc_abort",
+            FaultAction::Reset => "reset",
+            FaultAction::SlowBody(_) => "slow_body",
+        }
+    }
+}
+
+/// One fault to inject, until it expires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    /// Name.
+    pub name: Arc<str>,
+    /// Route scope (name).
+    pub route: Option<Arc<str>>,
+    /// Upstream scope (name).
+    pub upstream: Option<Arc<str>>,
+    /// Header scope.
+    pub header: Option<(HeaderName, HeaderValue)>,
+    /// Share of matching requests affected, 0 to 100.
+    pub percent: f64,
+    /// What it does.
+    pub action: FaultAction,
+    /// When it stops (wall clock).
+    pub expires_at: std::time::SystemTime,
+    /// Whether injected aborts and resets count as breaker failures.
+    pub count_for_breaker: bool,
 }
 
 /// An endpoint as written: a host (IP literal or DNS name) and a port.

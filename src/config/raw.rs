@@ -38,6 +38,18 @@ pub struct RawConfig {
     /// `[upstreams.NAME]`.
     #[serde(default)]
     pub upstreams: BTreeMap<Str, Spanned<RawUpstream>>,
+    /// `[[faults]]`: time-boxed fault injection.
+    #[serde(default)]
+    pub faults: Vec<Spanned<RawFault>>,
+}
+
+/// A document of faults only, as `POST /faults` takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFaults {
+    /// `[[faults]]`.
+    #[serde(default)]
+    pub faults: Vec<Spanned<RawFault>>,
 }
 
 /// `[admin]`.
@@ -134,12 +146,72 @@ pub struct RawRoute {
     /// What a request must look like to take this route; absent matches everything.
     #[serde(rename = "match")]
     pub matcher: Option<Spanned<RawMatch>>,
-    /// Name of the upstream that serves this route.
+    /// Name of the upstream that serves this route (or `split`).
     pub upstream: Option<Str>,
+    /// Several upstreams by weight, for canaries: `[{ upstream = "v1", weight = 95 }, ...]`.
+    pub split: Option<Spanned<Vec<Spanned<RawSplit>>>>,
+    /// Header whose value keeps a client on one split target.
+    pub sticky_header: Option<Str>,
+    /// Copy a share of requests to a shadow upstream.
+    pub mirror: Option<Spanned<RawMirror>>,
     /// Total time for the response head, retries included.
     pub timeout: Option<Str>,
     /// Retry policy.
     pub retry: Option<Spanned<RawRetry>>,
+}
+
+/// One `split` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    /// Upstream name.
+    pub upstream: Option<Str>,
+    /// Relative weight (0 allowed: no traffic).
+    pub weight: Option<Int>,
+}
+
+/// `mirror = { upstream = "...", percent = 10.0 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// Shadow upstream name.
+    pub upstream: Option<Str>,
+    /// Share of requests copied, 0 to 100.
+    pub percent: Option<Spanned<f64>>,
+}
+
+/// One `[[faults]]` entry: exactly one of `delay`, `abort`, `grpc_abort`, `reset`, `slow_body`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    /// Name shown in `/faults`, logs and the access log.
+    pub name: Option<Str>,
+    /// Only requests on this route.
+    pub route: Option<Str>,
+    /// Only requests to this upstream.
+    pub upstream: Option<Str>,
+    /// Only requests with this header value.
+    pub header: Option<Spanned<RawHeaderMatch>>,
+    /// Share of matching requests affected, 0 to 100.
+    pub percent: Option<Spanned<f64>>,
+    /// Hold the request this long before sending it.
+    pub delay: Option<Str>,
+    /// Random extra delay, up to this much.
+    pub jitter: Option<Str>,
+    /// Answer with this HTTP status instead of calling the upstream.
+    pub abort: Option<Int>,
+    /// Answer 200 with this `grpc-status` trailer-only response instead.
+    pub grpc_abort: Option<Int>,
+    /// Close the client connection without a response.
+    pub reset: Option<Spanned<bool>>,
+    /// Throttle the response body to this many bytes per second.
+    pub slow_body: Option<Int>,
+    /// How long the fault lives from when it is loaded.
+    pub expires_in: Option<Str>,
+    /// When the fault ends (RFC 3339, UTC).
+    pub until: Option<Str>,
+    /// Count injected aborts and resets as upstream failures in the breaker.
+    pub count_for_breaker: Option<bool>,
 }
 
 /// `match = { ... }` of a route; every given condition must hold.

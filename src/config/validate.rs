@@ -135,7 +135,15 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
             listener, span, &names, &upstreams, errors,
         ));
     }
+    let faults = super::faults::validate(
+        raw.faults,
+        &config_route_names(&listeners),
+        &upstreams,
+        std::time::SystemTime::now(),
+        errors,
+    );
     Some(Config {
+        faults,
         admin,
         metrics,
         tracing,
@@ -287,8 +295,8 @@ fn validate_route(
     upstreams: &[UpstreamConfig],
     errors: &mut Errors,
 ) -> RouteConfig {
-    let upstream = match &route.upstream {
-        Some(u) => match names.get(u.get_ref().as_str()) {
+    let lookup = |u: &Str, errors: &mut Errors| -> usize {
+        match names.get(u.get_ref().as_str()) {
             Some(&i) => i,
             None => {
                 let known: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
@@ -312,19 +320,119 @@ fn validate_route(
                 );
                 0
             }
-        },
-        None => {
-            errors.push(
-                ConfigError::missing(span.clone(), "route has no `upstream`")
-                    .with_hint("add upstream = \"NAME\" naming an [upstreams.NAME] table"),
-            );
-            0
         }
     };
+    let targets: Vec<SplitTarget> = match (&route.upstream, &route.split) {
+        (Some(u), None) => vec![SplitTarget {
+            upstream: lookup(u, errors),
+            weight: 1,
+        }],
+        (None, Some(split)) => {
+            let targets: Vec<SplitTarget> = split
+                .get_ref()
+                .iter()
+                .filter_map(|entry| {
+                    let e = entry.get_ref();
+                    let Some(u) = &e.upstream else {
+                        errors.push(
+                            ConfigError::missing(entry.span(), "split entry has no `upstream`")
+                                .with_hint("write { upstream = \"NAME\", weight = 5 }"),
+                        );
+                        return None;
+                    };
+                    let weight = limit(e.weight.as_ref(), 1, 0, errors);
+                    Some(SplitTarget {
+                        upstream: lookup(u, errors),
+                        weight: u32::try_from(weight).unwrap_or(u32::MAX),
+                    })
+                })
+                .collect();
+            if targets.len() > 16 {
+                errors.push(
+                    ConfigError::new(split.span(), "a split has at most 16 targets").with_hint(
+                        "canaries need two or three; route the rest with separate routes",
+                    ),
+                );
+            }
+            if targets.iter().all(|t| t.weight == 0) {
+                errors.push(
+                    ConfigError::new(split.span(), "a split needs at least one target with a weight above 0")
+                        .with_hint("for example split = [{ upstream = \"v1\", weight = 95 }, { upstream = \"v2\", weight = 5 }]"),
+                );
+            }
+            targets
+        }
+        (Some(u), Some(_)) => {
+            errors.push(
+                ConfigError::new(
+                    u.span(),
+                    "a route has either `upstream` or `split`, not both",
+                )
+                .with_hint("remove `upstream`, or remove `split`"),
+            );
+            Vec::new()
+        }
+        (None, None) => {
+            errors.push(
+                ConfigError::missing(span.clone(), "route has no `upstream`").with_hint(
+                    "add upstream = \"NAME\" naming an [upstreams.NAME] table, or a `split`",
+                ),
+            );
+            Vec::new()
+        }
+    };
+    let targets = if targets.is_empty() {
+        vec![SplitTarget {
+            upstream: 0,
+            weight: 1,
+        }]
+    } else {
+        targets
+    };
+    let upstream = targets[0].upstream;
+    let sticky_header = route.sticky_header.as_ref().and_then(|h| {
+        match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                errors.push(
+                    ConfigError::new(h.span(), format!("invalid header name `{}`", h.get_ref()))
+                        .with_hint("header names are tokens such as \"x-user-id\""),
+                );
+                None
+            }
+        }
+    });
+    let mirror = route.mirror.as_ref().and_then(|m| {
+        let raw = m.get_ref();
+        let Some(u) = &raw.upstream else {
+            errors.push(
+                ConfigError::missing(m.span(), "mirror has no `upstream`")
+                    .with_hint("write mirror = { upstream = \"shadow\", percent = 10.0 }"),
+            );
+            return None;
+        };
+        let percent = match &raw.percent {
+            None => 100.0,
+            Some(p) if (0.0..=100.0).contains(p.get_ref()) => *p.get_ref(),
+            Some(p) => {
+                errors.push(
+                    ConfigError::new(p.span(), "percent must be between 0 and 100")
+                        .with_hint("10.0 copies one request in ten"),
+                );
+                100.0
+            }
+        };
+        Some(MirrorConfig {
+            upstream: lookup(u, errors),
+            percent,
+        })
+    });
     let name: Arc<str> = match (&route.name, &route.upstream) {
         (Some(n), _) => n.get_ref().as_str().into(),
         (None, Some(u)) => u.get_ref().as_str().into(),
-        (None, None) => "unnamed".into(),
+        (None, None) => upstreams
+            .get(upstream)
+            .map_or_else(|| "unnamed".into(), |u| u.name.clone()),
     };
     let timeout = duration(route.timeout.as_ref(), defaults::ROUTE_TIMEOUT, errors);
     let retry = route
@@ -338,6 +446,9 @@ fn validate_route(
         name,
         matcher,
         upstream,
+        targets,
+        sticky_header,
+        mirror,
         timeout,
         retry,
     }
@@ -678,4 +789,11 @@ pub(super) fn limit(value: Option<&Int>, default: usize, min: i64, errors: &mut 
 pub(super) fn non_zero(value: Option<&Int>, default: usize, errors: &mut Errors) -> NonZeroUsize {
     let n = limit(value, default, 1, errors);
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn config_route_names(listeners: &[ListenerConfig]) -> Vec<Arc<str>> {
+    listeners
+        .iter()
+        .flat_map(|l| l.routes.iter().map(|r| r.name.clone()))
+        .collect()
 }

@@ -4,7 +4,6 @@
 //! so excess clients wait in the kernel backlog instead of costing keel memory. Each connection
 //! runs in its own task under the watchdog of `conn.rs` and is watched for graceful shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +97,7 @@ pub(crate) async fn accept_loop(
         });
         let service = service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(ctx, req).await) }
+            async move { proxy::handle(ctx, req).await }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)

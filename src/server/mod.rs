@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
 use crate::config::model::Config;
+use crate::fault::Chaos;
 use crate::proxy::{Runtime, Telemetry};
 use crate::reload::Reloader;
 use crate::telemetry::access_log::AccessLog;
@@ -32,6 +33,9 @@ use shutdown::Shutdown;
 /// Why keel could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config has `[[faults]]` but keel was not started with `--allow-faults`.
+    #[error("the config has {0} [[faults]] entr(y/ies); start with --allow-faults to inject them, or remove them")]
+    FaultsNotAllowed(usize),
     /// The OTLP exporter could not be built.
     #[error("tracing: {0}")]
     Tracing(String),
@@ -83,13 +87,15 @@ pub async fn build_runtime(config: Config, metrics: &Metrics) -> Runtime {
 
 /// Binds everything and starts serving, with reloads refused (no file to reload from).
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    start_with_source(config, None).await
+    start_with(config, None, false).await
 }
 
-/// Binds everything and starts serving; `source` is the file reloads read.
-pub async fn start_with_source(
+/// Binds everything and starts serving; `source` is the file reloads read, `allow_faults`
+/// permits `[[faults]]` in it (the `--allow-faults` flag).
+pub async fn start_with(
     config: Config,
     source: Option<std::path::PathBuf>,
+    allow_faults: bool,
 ) -> Result<Running, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
@@ -152,9 +158,15 @@ pub async fn start_with_source(
     } else {
         None
     };
+    if !config.faults.is_empty() && !allow_faults {
+        return Err(StartError::FaultsNotAllowed(config.faults.len()));
+    }
+    let chaos = Chaos::new(metrics.faults_injected.clone());
+    chaos.set_config_faults(config.faults.clone());
     let telemetry = Arc::new(Telemetry {
         tracing,
         access_log,
+        chaos,
     });
     let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config, &metrics).await));
     let health = Arc::new(Health::default());
@@ -185,12 +197,19 @@ pub async fn start_with_source(
         runtime.clone(),
         admin_signal.clone(),
     ));
-    let reloader = Reloader::new(source, runtime.clone(), metrics.clone());
+    let reloader = Reloader::new(
+        source,
+        runtime.clone(),
+        metrics.clone(),
+        telemetry.clone(),
+        allow_faults,
+    );
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
         health.clone(),
         runtime.clone(),
         reloader.clone(),
+        telemetry.clone(),
         admin_signal,
     ));
     health.set_ready(true);
@@ -236,6 +255,11 @@ impl Running {
     /// The metrics listener's bound address.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Telemetry and fault injection of this instance.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// The config reloader (file watch and SIGHUP start with [`crate::reload::watch`]).

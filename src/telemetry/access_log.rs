@@ -29,6 +29,8 @@ pub struct Flags {
     pub bulkhead_full: bool,
     /// The upstream did not answer in time.
     pub timed_out: bool,
+    /// The kind of fault injected into this request, if any.
+    pub fault: Option<&'static str>,
 }
 
 /// One access log line.

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `keel_spans_dropped_total`.
     pub spans_dropped: IntCounter,
+    /// `keel_faults_injected_total{kind}`.
+    pub faults_injected: IntCounterVec,
     /// `keel_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
 }
@@ -236,6 +238,12 @@ impl Metrics {
                 "keel_config_reloads_total",
                 "Config reloads by result (success, failure).",
                 &["result"],
+            ),
+            faults_injected: counter_vec(
+                &registry,
+                "keel_faults_injected_total",
+                "Faults injected on purpose, by kind (delay, abort, grpc_abort, reset, slow_body).",
+                &["kind"],
             ),
             spans_dropped,
             access_log_dropped,

@@ -285,6 +285,20 @@ impl Upstream {
         }
     }
 
+    /// Counts an injected fault as an upstream failure in the breaker (faults with
+    /// `count_for_breaker = true`, to exercise the breaker for real).
+    pub fn record_injected_failure(&self) {
+        let transition = match self.breaker.lock() {
+            Ok(mut breaker) => {
+                breaker.record(Instant::now(), CallResult::Failure, false, random_unit())
+            }
+            Err(_) => None,
+        };
+        if let Some(t) = transition {
+            self.log_transition(t);
+        }
+    }
+
     fn is_failure_status(&self, status: u16) -> bool {
         self.breaker
             .lock()

@@ -456,7 +456,7 @@ impl Keel {
 pub async fn spawn_keel(toml: &str) -> Keel {
     let text = with_loopback_admin(toml);
     let config = keel::config::from_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
-    let running = keel::server::start(config).await.unwrap();
+    let running = keel::server::start_with(config, None, true).await.unwrap();
     Keel {
         running: Some(running),
     }
@@ -480,7 +480,7 @@ pub fn with_loopback_admin(toml: &str) -> String {
 pub async fn spawn_keel_from_file(path: &std::path::Path, toml: &str) -> Keel {
     std::fs::write(path, with_loopback_admin(toml)).unwrap();
     let config = keel::config::load(path).unwrap_or_else(|e| panic!("{e}"));
-    let running = keel::server::start_with_source(config, Some(path.to_owned()))
+    let running = keel::server::start_with(config, Some(path.to_owned()), true)
         .await
         .unwrap();
     Keel {
