@@ -34,6 +34,12 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous (for example no or several `Host` headers).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request target is longer than the listener's `max_uri_bytes`.
+    #[error("request target too long")]
+    UriTooLong,
+    /// The request body is larger than the listener's `max_request_body`.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// No route of the listener matches.
     #[error("no route matches")]
     NoRoute,
@@ -79,6 +85,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BulkheadFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -95,7 +103,9 @@ impl ProxyError {
     /// The `keel-error` header value (DESIGN.md's list).
     pub fn reason(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::BadRequest(_) | ProxyError::UriTooLong | ProxyError::BodyTooLarge => {
+                "bad-request"
+            }
             ProxyError::NoRoute => "no-route",
             ProxyError::BulkheadFull(_) => "bulkhead-full",
             ProxyError::CircuitOpen { .. } => "circuit-open",
@@ -112,6 +122,8 @@ impl ProxyError {
     pub fn is_upstream_failure(&self) -> bool {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::UriTooLong
+            | ProxyError::BodyTooLarge
             | ProxyError::NoRoute
             | ProxyError::BulkheadFull(_)
             | ProxyError::CircuitOpen { .. }

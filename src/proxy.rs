@@ -31,7 +31,7 @@ use crate::telemetry::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::telemetry::trace::{RequestTrace, Tracing};
 use crate::upstream::balancer::{random_u64, random_unit};
 use crate::upstream::bulkhead::BulkheadPermit;
-use crate::upstream::retry::{self, RetryBudget, UpstreamBody};
+use crate::upstream::retry::{self, RetryBudget, StreamLimits, UpstreamBody};
 use crate::upstream::CallReport;
 use crate::upstream::{CallOptions, CallSuccess, Upstream};
 use opentelemetry::KeyValue;
@@ -366,7 +366,8 @@ pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     match err {
-        ProxyError::BadRequest(_) => {
+        // The rest of the request cannot be trusted or was not read: close after answering.
+        ProxyError::BadRequest(_) | ProxyError::UriTooLong | ProxyError::BodyTooLarge => {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         ProxyError::CircuitOpen { retry_after } => {
@@ -431,6 +432,20 @@ async fn forward(
         .listeners
         .get(ctx.listener)
         .ok_or(ProxyError::NoRoute)?;
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > listener.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    if let Some(max) = listener.max_request_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
     let host = router::strip_port(authority.as_str());
     let (route_index, route) =
         router::route(&listener.routes, host, req.uri().path(), req.headers())
@@ -510,6 +525,11 @@ async fn forward(
         .and_then(|name| req.headers().get(name))
         .cloned();
     let (parts, body) = req.into_parts();
+    let limits = StreamLimits {
+        counter: bytes_in.clone(),
+        limit: listener.max_request_body,
+        seen: 0,
+    };
     let retry = route.retry.as_ref().zip(budget);
     let mirror = route
         .mirror
@@ -534,11 +554,11 @@ async fn forward(
                     }
                     UpstreamBody::Buffered(Some(bytes))
                 }
-                UpstreamBody::Stream(inner, _) => UpstreamBody::Stream(inner, bytes_in),
+                UpstreamBody::Stream(inner, _) => UpstreamBody::Stream(inner, limits),
                 other => other,
             }
         }
-        None => UpstreamBody::Stream(body, bytes_in),
+        None => UpstreamBody::Stream(body, limits),
     };
     let options = CallOptions {
         deadline,

@@ -169,3 +169,66 @@ async fn connection_limit_holds_extra_clients_in_the_backlog() {
     );
     assert_eq!(up.requests(), 3);
 }
+
+#[tokio::test]
+async fn long_request_target_is_414() {
+    let (keel, up) = keel_with("max_uri_bytes = 100").await;
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n",
+        "a".repeat(200)
+    );
+    let reply = raw(keel.addr("main"), long.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 414"), "{reply}");
+    let short = format!(
+        "GET /{} HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n",
+        "a".repeat(50)
+    );
+    let reply = raw(keel.addr("main"), short.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn body_over_max_request_body_is_413_for_declared_and_chunked_bodies() {
+    let (keel, up) = keel_with("max_request_body = \"1KiB\"").await;
+    let declared = format!(
+        "POST /sink HTTP/1.1\r\nhost: svc\r\ncontent-length: 2000\r\n\r\n{}",
+        "x".repeat(2000)
+    );
+    let reply = raw(
+        keel.addr("main"),
+        declared.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert_eq!(
+        up.requests(),
+        0,
+        "a declared oversize body is refused before forwarding"
+    );
+
+    let mut chunked =
+        String::from("POST /sink HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n");
+    for _ in 0..4 {
+        chunked.push_str(&format!("400\r\n{}\r\n", "y".repeat(1024)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let reply = raw(
+        keel.addr("main"),
+        chunked.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+
+    let fits = format!(
+        "POST /sink HTTP/1.1\r\nhost: svc\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n{}",
+        "z".repeat(1000)
+    );
+    let reply = raw(keel.addr("main"), fits.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("\r\n\r\n1000 "),
+        "{reply}"
+    );
+}

@@ -159,6 +159,10 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Most header fields in a request (431 above).
     pub max_headers: usize,
+    /// Longest request target in bytes (414 above).
+    pub max_uri_bytes: usize,
+    /// Largest request body in bytes (413 above); `None`: no limit.
+    pub max_request_body: Option<u64>,
     /// Whether requests on this listener are written to the access log.
     pub access_log: bool,
     /// Routes in match order.
@@ -463,6 +467,8 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     /// Listener `max_headers`.
     pub const MAX_HEADERS: usize = 100;
+    /// Listener `max_uri_bytes`.
+    pub const MAX_URI_BYTES: usize = 8 * 1024;
     /// Route `timeout`.
     pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
     /// Upstream `connect_timeout`.

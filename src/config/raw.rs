@@ -130,6 +130,10 @@ pub struct RawListener {
     pub max_header_bytes: Option<Int>,
     /// Most header fields in one request.
     pub max_headers: Option<Int>,
+    /// Longest request target (path and query) in bytes.
+    pub max_uri_bytes: Option<Int>,
+    /// Largest request body in bytes, such as "10MiB" (no limit when absent).
+    pub max_request_body: Option<Str>,
     /// Write an access log line per request.
     pub access_log: Option<bool>,
     /// `[[listeners.routes]]`, matched in order.

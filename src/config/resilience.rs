@@ -114,6 +114,10 @@ fn retry_on(condition: &Str, errors: &mut Errors) -> Option<RetryOn> {
 }
 
 /// A size such as `"64KiB"`, `"1MiB"` or `"512"` (bytes).
+pub(super) fn size(value: &Str, errors: &mut Errors) -> usize {
+    byte_size(value, errors)
+}
+
 fn byte_size(value: &Str, errors: &mut Errors) -> usize {
     let text = value.get_ref().trim();
     let split = text
@@ -124,6 +128,7 @@ fn byte_size(value: &Str, errors: &mut Errors) -> usize {
         "" | "B" => Some(1),
         "KiB" => Some(1024),
         "MiB" => Some(1024 * 1024),
+        "GiB" => Some(1024 * 1024 * 1024),
         "KB" | "kB" => Some(1000),
         "MB" => Some(1_000_000),
         _ => None,

@@ -283,6 +283,16 @@ fn validate_listener(
         ),
         max_header_bytes,
         max_headers,
+        max_uri_bytes: limit(
+            listener.max_uri_bytes.as_ref(),
+            defaults::MAX_URI_BYTES,
+            16,
+            errors,
+        ),
+        max_request_body: listener
+            .max_request_body
+            .as_ref()
+            .map(|b| super::resilience::size(b, errors) as u64),
         access_log: listener.access_log.unwrap_or(false),
         routes,
     }

@@ -457,6 +457,14 @@ impl Upstream {
 /// Maps a client error once, by type: connect failures (refused, timed out: never sent) are
 /// `upstream-connect`, everything after the connection was up is `upstream-reset`.
 fn classify(err: hyper_util::client::legacy::Error) -> (ProxyError, AttemptOutcome) {
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        if c.is::<retry::BodyTooLarge>() {
+            // The client's body broke the listener's limit: its fault, not the upstream's.
+            return (ProxyError::BodyTooLarge, AttemptOutcome::Status(413));
+        }
+        cause = c.source();
+    }
     let connect = err.is_connect() || {
         let mut source = err.source();
         let mut found = false;

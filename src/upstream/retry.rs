@@ -23,32 +23,55 @@ use tokio::time::Instant;
 
 use crate::config::model::{RetryConfig, RetryOn};
 
+/// Counting and the size limit of a streamed request body.
+#[derive(Debug, Default)]
+pub struct StreamLimits {
+    /// Bytes forwarded, for the access log.
+    pub counter: Option<Arc<AtomicU64>>,
+    /// The listener's `max_request_body`.
+    pub limit: Option<u64>,
+    /// Bytes seen so far.
+    pub seen: u64,
+}
+
+/// The request body grew past the listener's `max_request_body` (keel answers 413).
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than max_request_body")]
+pub struct BodyTooLarge;
+
 /// The body sent upstream: streamed from the client, or kept in memory for replay.
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// The client's body, passed through as it arrives; bytes are counted when a counter is given.
-    Stream(Incoming, Option<Arc<AtomicU64>>),
+    /// The client's body, passed through as it arrives, counted and size-limited.
+    Stream(Incoming, StreamLimits),
     /// A body held in memory (possibly empty); `None` once sent.
     Buffered(Option<Bytes>),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::error::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Stream(inner, counter) => {
+            UpstreamBody::Stream(inner, limits) => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (counter, &polled) {
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(data) = frame.data_ref() {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let len = data.len() as u64;
+                        limits.seen += len;
+                        if let Some(counter) = &limits.counter {
+                            counter.fetch_add(len, Ordering::Relaxed);
+                        }
+                        if limits.limit.is_some_and(|max| limits.seen > max) {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                        }
                     }
                 }
-                polled
+                polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
             }
             UpstreamBody::Buffered(bytes) => Poll::Ready(
                 bytes
@@ -90,7 +113,7 @@ pub async fn buffer_for_replay(
             let bytes = body.collect().await?.to_bytes();
             Ok((UpstreamBody::Buffered(Some(bytes)), true))
         }
-        _ => Ok((UpstreamBody::Stream(body, None), false)),
+        _ => Ok((UpstreamBody::Stream(body, StreamLimits::default()), false)),
     }
 }
 
