@@ -348,12 +348,37 @@ pub(crate) async fn serve(
     runtime: Arc<ArcSwap<Runtime>>,
     reloader: Arc<Reloader>,
     telemetry: Arc<Telemetry>,
+    stop_requested: Arc<tokio::sync::Notify>,
     stop: ShutdownSignal,
 ) {
     serve_with(listener, stop, move |req: Request<Incoming>| {
         let (health, runtime, reloader) = (health.clone(), runtime.clone(), reloader.clone());
-        let telemetry = telemetry.clone();
+        let (telemetry, stop_requested) = (telemetry.clone(), stop_requested.clone());
         async move {
+            let mutating = matches!(*req.method(), Method::POST | Method::DELETE | Method::PUT);
+            let local = req
+                .extensions()
+                .get::<Peer>()
+                .is_some_and(|p| p.0.ip().is_loopback());
+            if mutating && !local {
+                // Probes may reach the admin port from the pod network; changes may not.
+                return text_response(
+                    StatusCode::FORBIDDEN,
+                    "admin changes are accepted from loopback only\n".into(),
+                );
+            }
+            if req.uri().path() == "/shutdown" {
+                if req.method() != Method::POST {
+                    return text_response(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use POST /shutdown\n".into(),
+                    );
+                }
+                tracing::info!("shutdown requested through the admin API");
+                // notify_one stores a permit, so a request that comes before the waiter counts.
+                stop_requested.notify_one();
+                return text_response(StatusCode::ACCEPTED, "draining\n".into());
+            }
             if req.uri().path() == "/reload" {
                 return reload(&reloader, &req).await;
             }
@@ -534,6 +559,10 @@ async fn reload(reloader: &Reloader, req: &Request<Incoming>) -> Response<ProxyB
     }
 }
 
+/// The client address of an admin request.
+#[derive(Debug, Clone, Copy)]
+struct Peer(std::net::SocketAddr);
+
 /// A small HTTP server answering every request with `respond`, until `stop` fires.
 async fn serve_with<F, Fut>(listener: TcpListener, mut stop: ShutdownSignal, respond: F)
 where
@@ -543,10 +572,10 @@ where
     let respond = Arc::new(respond);
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             // An operator or a probe connected.
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(err) => {
                     tracing::warn!(error = %err, "admin accept failed");
                     continue;
@@ -556,7 +585,8 @@ where
             () = stop.triggered() => return,
         };
         let respond = respond.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
             let response = respond(req);
             async move { Ok::<_, Infallible>(response.await) }
         });

@@ -159,7 +159,12 @@ fn init_logging(format: LogFormat, level: &str) {
 async fn run(config: Config, path: PathBuf, allow_faults: bool) -> anyhow::Result<()> {
     let running = keel::server::start_with(config, Some(path), allow_faults).await?;
     keel::reload::watch(running.reloader()).map_err(|e| anyhow::anyhow!(e))?;
-    wait_for_signal().await?;
+    tokio::select! {
+        // SIGTERM or SIGINT.
+        result = wait_for_signal() => result?,
+        // POST /shutdown on the admin listener (a finished batch job stopping its sidecar).
+        () = running.shutdown_requested() => {}
+    }
     running.drain().await;
     Ok(())
 }

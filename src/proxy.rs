@@ -181,6 +181,8 @@ pub struct ConnContext {
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Tracing and access log of this keel instance.
     pub telemetry: Arc<Telemetry>,
+    /// Requests in flight on the listeners of this direction (the drain waits on it).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The instance-wide telemetry sinks the request path writes to.
@@ -222,7 +224,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ResetConnection> {
     let started = Instant::now();
-    let mark = ctx.watch.request_started(req.version() == Version::HTTP_2);
+    let mark = ctx
+        .watch
+        .request_started(req.version() == Version::HTTP_2, &ctx.in_flight);
     // One atomic load per request; the Arc keeps this config alive while the request runs.
     let runtime = ctx.runtime.load_full();
     let listener = runtime.config.listeners.get(ctx.listener);

@@ -15,7 +15,10 @@ async fn sigterm_drains_fifty_in_flight_requests_and_exits_early() {
     let up = upstream(Behaviour::Delay(Duration::from_secs(2))).await;
     let mut keel = KeelProcess::start(&format!(
         "[shutdown]\ngrace_period = \"30s\"\n{}",
-        single_route(up.addr, "", "")
+        single_route(up.addr, "", "").replace(
+            "name = \"main\"",
+            "name = \"main\"\ndirection = \"inbound\""
+        )
     ));
     let addr = keel.addr("main");
     let requests: Vec<_> = (0..50)
@@ -89,4 +92,97 @@ async fn ready_turns_503_at_once_and_listeners_close_after_drain_delay() {
     )
     .await;
     assert!(drain.await.unwrap(), "drained within the grace period");
+}
+
+/// Inbound listeners stop first; outbound ones keep serving the app's calls while inbound
+/// requests finish, and close once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_is_asymmetric_for_sidecars() {
+    let slow = upstream(Behaviour::Delay(Duration::from_millis(800))).await;
+    let dependency = upstream(Behaviour::Respond).await;
+    let keel = spawn_keel(&format!(
+        r#"
+[shutdown]
+grace_period = "20s"
+[[listeners]]
+name = "in"
+direction = "inbound"
+listen = "127.0.0.1:0"
+  [[listeners.routes]]
+  upstream = "app"
+[[listeners]]
+name = "out"
+direction = "outbound"
+listen = "127.0.0.1:0"
+  [[listeners.routes]]
+  upstream = "dependency"
+[upstreams.app]
+endpoints = ["{}"]
+[upstreams.dependency]
+endpoints = ["{}"]
+"#,
+        slow.addr, dependency.addr
+    ))
+    .await;
+    let (inbound, outbound) = (keel.addr("in"), keel.addr("out"));
+    let in_flight = tokio::spawn(async move { get(inbound, "app", "/").await.status });
+    eventually(
+        Duration::from_secs(5),
+        "the inbound request reached the app",
+        || async { slow.requests() == 1 },
+    )
+    .await;
+    let started = Instant::now();
+    let drain = tokio::spawn(keel.drain());
+    eventually(
+        Duration::from_secs(5),
+        "inbound refuses new connections",
+        || async { TcpStream::connect(inbound).await.is_err() },
+    )
+    .await;
+    // The app is still finishing the inbound request and calls its dependency: still served.
+    assert_eq!(get(outbound, "dependency", "/").await.status, 200);
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the inbound request finished"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "outbound closes once idle",
+        || async { TcpStream::connect(outbound).await.is_err() },
+    )
+    .await;
+    assert!(drain.await.unwrap(), "drained within the grace period");
+    let took = started.elapsed();
+    println!("asymmetric drain took {took:?}");
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_shutdown_stops_keel() {
+    let up = upstream(Behaviour::Respond).await;
+    let mut keel = KeelProcess::start(&single_route(up.addr, "", ""));
+    let req = http::Request::post("/shutdown")
+        .header("host", "admin")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = send(keel.admin, req).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = keel.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keel did not exit after POST /shutdown"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
 }

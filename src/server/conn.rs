@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,8 +63,9 @@ impl ConnWatch {
     }
 
     /// Called when a request head was parsed: the head clock stops.
-    pub fn request_started(self: &Arc<Self>, http2: bool) -> RequestMark {
+    pub fn request_started(self: &Arc<Self>, http2: bool, group: &Arc<AtomicUsize>) -> RequestMark {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        group.fetch_add(1, Ordering::AcqRel);
         if http2 {
             if self.phase.load(Ordering::Acquire) != H2 {
                 self.set_phase(H2);
@@ -74,6 +75,7 @@ impl ConnWatch {
         }
         RequestMark {
             watch: self.clone(),
+            group: group.clone(),
         }
     }
 
@@ -91,10 +93,12 @@ impl ConnWatch {
 #[derive(Debug)]
 pub struct RequestMark {
     watch: Arc<ConnWatch>,
+    group: Arc<AtomicUsize>,
 }
 
 impl Drop for RequestMark {
     fn drop(&mut self) {
+        self.group.fetch_sub(1, Ordering::AcqRel);
         let left = self.watch.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         if left == 0 && self.watch.phase.load(Ordering::Acquire) == IN_REQUEST {
             self.watch.set_phase(IDLE);

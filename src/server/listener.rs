@@ -5,6 +5,7 @@
 //! runs in its own task under the watchdog of `conn.rs` and is watched for graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +57,7 @@ pub(crate) async fn accept_loop(
     runtime: Arc<ArcSwap<Runtime>>,
     telemetry: Arc<Telemetry>,
     graceful: Arc<GracefulShutdown>,
+    in_flight: Arc<AtomicUsize>,
     mut stop: ShutdownSignal,
 ) {
     let builder = http_builder(&config);
@@ -94,6 +96,7 @@ pub(crate) async fn accept_loop(
             watch: watch.clone(),
             slot: Some(permit),
             telemetry: telemetry.clone(),
+            in_flight: in_flight.clone(),
         });
         let service = service_fn(move |req| {
             let ctx = ctx.clone();

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
 use crate::config::model::Config;
+use crate::config::model::Direction;
 use crate::fault::Chaos;
 use crate::proxy::{Runtime, Telemetry};
 use crate::reload::Reloader;
@@ -29,6 +30,8 @@ use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 use crate::upstream::Upstream;
 use shutdown::Shutdown;
+use shutdown::ShutdownSignal;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Why keel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +70,55 @@ pub struct Running {
     reloader: Arc<Reloader>,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
-    stop_accepting: Shutdown,
+    inbound: DirectionGroup,
+    outbound: DirectionGroup,
     stop_admin: Shutdown,
-    accept_tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
-    graceful: Arc<GracefulShutdown>,
+    stop_requested: Arc<tokio::sync::Notify>,
     drain_delay: Duration,
     grace_period: Duration,
+}
+
+/// How long outbound listeners must have had nothing in flight before they close in a drain:
+/// an app that is shutting down may still make calls between quiet moments.
+const OUTBOUND_QUIET: Duration = Duration::from_secs(1);
+
+/// The listeners of one direction: drained together.
+#[derive(Debug)]
+struct DirectionGroup {
+    stop: Shutdown,
+    signal: ShutdownSignal,
+    tasks: Vec<JoinHandle<()>>,
+    graceful: Arc<GracefulShutdown>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl DirectionGroup {
+    fn new() -> Self {
+        let (stop, signal) = Shutdown::new();
+        DirectionGroup {
+            stop,
+            signal,
+            tasks: Vec::new(),
+            graceful: Arc::new(GracefulShutdown::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Stops accepting, then lets open connections finish until `deadline`.
+    async fn close(self, deadline: tokio::time::Instant) -> bool {
+        self.stop.trigger();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        match Arc::try_unwrap(self.graceful) {
+            Ok(graceful) => tokio::time::timeout_at(deadline, graceful.shutdown())
+                .await
+                .is_ok(),
+            // Only the accept loops held clones and they have ended; be safe anyway.
+            Err(_) => false,
+        }
+    }
 }
 
 /// Builds the upstreams for a config, in config order, with their metric handles.
@@ -170,24 +215,30 @@ pub async fn start_with(
     });
     let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config, &metrics).await));
     let health = Arc::new(Health::default());
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_accepting, accept_signal) = Shutdown::new();
+    let mut inbound = DirectionGroup::new();
+    let mut outbound = DirectionGroup::new();
     let (stop_admin, admin_signal) = Shutdown::new();
+    let stop_requested = Arc::new(tokio::sync::Notify::new());
 
     let mut listeners = Vec::with_capacity(bound.len());
-    let mut accept_tasks = Vec::with_capacity(bound.len());
     for (index, ((socket, addr), listener)) in bound.into_iter().zip(listener_configs).enumerate() {
         tracing::info!(listener = %listener.name, direction = listener.direction.as_str(), %addr, "listening");
         listeners.push((listener.name.clone(), addr));
-        accept_tasks.push(tokio::spawn(listener::accept_loop(
+        let group = match listener.direction {
+            Direction::Inbound => &mut inbound,
+            Direction::Outbound => &mut outbound,
+        };
+        let task = tokio::spawn(listener::accept_loop(
             socket,
             index,
             listener,
             runtime.clone(),
             telemetry.clone(),
-            graceful.clone(),
-            accept_signal.clone(),
-        )));
+            group.graceful.clone(),
+            group.in_flight.clone(),
+            group.signal.clone(),
+        ));
+        group.tasks.push(task);
     }
     tracing::info!(addr = %admin_addr, "admin listening");
     tracing::info!(addr = %metrics_addr, "metrics listening");
@@ -210,6 +261,7 @@ pub async fn start_with(
         runtime.clone(),
         reloader.clone(),
         telemetry.clone(),
+        stop_requested.clone(),
         admin_signal,
     ));
     health.set_ready(true);
@@ -223,11 +275,11 @@ pub async fn start_with(
         reloader,
         health,
         runtime,
-        stop_accepting,
+        inbound,
+        outbound,
         stop_admin,
-        accept_tasks,
         admin_task,
-        graceful,
+        stop_requested,
         drain_delay,
         grace_period,
     })
@@ -282,28 +334,43 @@ impl Running {
         self.runtime.load_full()
     }
 
-    /// Stops gracefully: not ready at once, stop accepting after `drain_delay`, let in-flight
-    /// requests finish within `grace_period`. Returns whether everything finished in time.
+    /// Resolves when `POST /shutdown` asked keel to stop.
+    pub async fn shutdown_requested(&self) {
+        self.stop_requested.notified().await;
+    }
+
+    /// Stops gracefully, in the order a sidecar needs: `/ready` turns 503 at once; after
+    /// `drain_delay` inbound listeners stop accepting and their requests finish; outbound
+    /// listeners keep serving the app's calls until they have been idle for a second (the app
+    /// may still be finishing its work), then close too. Everything is bounded by
+    /// `grace_period`; returns whether everything finished in time, and returns as soon as it
+    /// has (it never sleeps out the grace period).
     pub async fn drain(self) -> bool {
         self.health.set_ready(false);
         tracing::info!(drain_delay = ?self.drain_delay, grace_period = ?self.grace_period, "draining");
         if !self.drain_delay.is_zero() {
             tokio::time::sleep(self.drain_delay).await;
         }
-        self.stop_accepting.trigger();
-        for task in self.accept_tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + self.grace_period;
+        let inbound_done = self.inbound.close(deadline).await;
+        if !self.outbound.tasks.is_empty() {
+            let mut quiet_since = tokio::time::Instant::now();
+            loop {
+                let now = tokio::time::Instant::now();
+                if self.outbound.in_flight.load(Ordering::Acquire) > 0 {
+                    quiet_since = now;
+                }
+                if now >= deadline || now.duration_since(quiet_since) >= OUTBOUND_QUIET {
+                    break;
+                }
+                // A drain happens once per process: a coarse poll keeps it simple.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        let in_flight = self.graceful.count();
-        let finished = match Arc::try_unwrap(self.graceful) {
-            Ok(graceful) => tokio::time::timeout(self.grace_period, graceful.shutdown())
-                .await
-                .is_ok(),
-            // Only the accept loops held clones and they have ended; be safe anyway.
-            Err(_) => false,
-        };
+        let outbound_done = self.outbound.close(deadline).await;
+        let finished = inbound_done && outbound_done;
         if finished {
-            tracing::info!(connections = in_flight, "drained");
+            tracing::info!("drained");
         } else {
             tracing::warn!("grace period over; closing the remaining connections");
         }
