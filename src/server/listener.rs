@@ -49,17 +49,33 @@ fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What every connection of a listener shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    /// The current config and upstreams.
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    /// Tracing, access log, faults.
+    pub telemetry: Arc<Telemetry>,
+    /// Graceful shutdown of this listener's direction.
+    pub graceful: Arc<GracefulShutdown>,
+    /// Requests in flight on this listener's direction.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
 /// Accepts connections until `stop` fires, then returns (dropping the socket).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     index: usize,
     config: ListenerConfig,
-    runtime: Arc<ArcSwap<Runtime>>,
-    telemetry: Arc<Telemetry>,
-    graceful: Arc<GracefulShutdown>,
-    in_flight: Arc<AtomicUsize>,
+    shared: Shared,
     mut stop: ShutdownSignal,
 ) {
+    let Shared {
+        runtime,
+        telemetry,
+        graceful,
+        in_flight,
+    } = shared;
     let builder = http_builder(&config);
     let slots = Arc::new(Semaphore::new(config.max_connections.get()));
     loop {

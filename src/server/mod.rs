@@ -232,10 +232,12 @@ pub async fn start_with(
             socket,
             index,
             listener,
-            runtime.clone(),
-            telemetry.clone(),
-            group.graceful.clone(),
-            group.in_flight.clone(),
+            listener::Shared {
+                runtime: runtime.clone(),
+                telemetry: telemetry.clone(),
+                graceful: group.graceful.clone(),
+                in_flight: group.in_flight.clone(),
+            },
             group.signal.clone(),
         ));
         group.tasks.push(task);
