@@ -27,6 +27,15 @@ if ((${#missing[@]} > 0)); then
     fi
 fi
 
+# kubernetes-validate (PyPI) checks deploy/kubernetes/ against the Kubernetes API schemas in
+# tests/manifests.rs; installed when missing, skipped by that test if it cannot be.
+if command -v python3 >/dev/null 2>&1 && ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+    step "installing kubernetes-validate (pip)"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        kubernetes-validate </dev/null ||
+        echo "warning: pip install kubernetes-validate failed; the manifest schema test will be skipped" >&2
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

@@ -116,7 +116,10 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            // Data held back by a throttle is still to come after the upstream finished.
+            ProxyBody::Upstream {
+                inner, throttle, ..
+            } => inner.is_end_stream() && !throttle.as_ref().is_some_and(Throttle::has_leftover),
             ProxyBody::Full(bytes) => bytes.is_none(),
         }
     }
