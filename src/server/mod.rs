@@ -135,6 +135,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, None, false).await
 }
 
+/// Pending connections the kernel queues for a proxy listener before keel accepts them. The
+/// usual default (128, Rust's and tokio's) overflows when a caller opens hundreds of
+/// connections at once, and overflowing handshakes stall for a SYN retransmit (a second).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a proxy listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's `bind` does).
+fn bind_proxy_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds everything and starts serving; `source` is the file reloads read, `allow_faults`
 /// permits `[[faults]]` in it (the `--allow-faults` flag).
 pub async fn start_with(
@@ -144,14 +161,11 @@ pub async fn start_with(
 ) -> Result<Running, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let socket =
-            TcpListener::bind(listener.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: format!("listener `{}`", listener.name),
-                    addr: listener.listen,
-                    source,
-                })?;
+        let socket = bind_proxy_listener(listener.listen).map_err(|source| StartError::Bind {
+            what: format!("listener `{}`", listener.name),
+            addr: listener.listen,
+            source,
+        })?;
         let addr = socket.local_addr().map_err(|source| StartError::Bind {
             what: format!("listener `{}`", listener.name),
             addr: listener.listen,

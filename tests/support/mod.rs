@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How a test upstream answers.
@@ -121,7 +121,10 @@ pub async fn upstream_at(
     counters: Arc<Counters>,
     behaviour: Behaviour,
 ) -> std::io::Result<TestUpstream> {
-    let listener = TcpListener::bind(addr).await?;
+    // A deep accept queue, as a real server has: tests open hundreds of connections at once.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
     let addr = listener.local_addr()?;
     let c = counters.clone();
     tokio::spawn(async move {
