@@ -3,28 +3,34 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML schema, validation with line/column errors, the runtime model.
-//! - [`server`]: listeners, connection limits and watchdog, graceful drain.
+//! - [`server`]: listeners, connection limits, head watchdog, strict HTTP/1 framing, drain.
 //! - [`proxy`]: the request path.
-//! - [`router`]: route matching.
-//! - [`upstream`]: per-upstream pool and bulkhead.
-//! - [`admin`]: `/live`, `/ready`, `/upstreams`, and the `/metrics` listener.
-//! - [`telemetry`]: Prometheus metrics.
+//! - [`router`]: route matching and weighted splits.
+//! - [`upstream`]: per-upstream pool, bulkhead, breaker, balancer, health checks, retries.
+//! - [`admin`]: `/live`, `/ready`, `/config`, `/upstreams`, `/faults`, reload and shutdown, and
+//!   the `/metrics` listener.
+//! - [`telemetry`]: Prometheus metrics, trace propagation and OTLP export, the access log.
 //! - [`reload`]: validate-and-swap config reloads (file watch, SIGHUP, `POST /reload`).
-//! - [`fault`]: time-boxed fault injection.
+//! - [`fault`] and [`mirror`]: time-boxed fault injection, traffic mirroring.
 //! - [`demo`]: built-in upstreams for `keel demo`.
 //!
 //! # One request, one direction
 //! ```text
-//! accept (listener permit) → WatchedStream + hyper (HTTP/1.1 or h2c, head limits, 408 watchdog)
-//!   → proxy::handle                 outer: error → response exactly once
+//! accept (listener permit) → WatchedStream (server::framing: CL/TE, bare LF, chunk syntax → 400)
+//!   → hyper (HTTP/1.1 or h2c, head limits, 408 watchdog)
+//!   → proxy::handle                 outer: error → response exactly once, metrics, log, span
 //!     → forward                     inner: `?` chain
 //!        request_authority          absolute-form / :authority / single Host, else 400
 //!        runtime.load()             one atomic load of the config snapshot
+//!        trace::extract_or_start    W3C / B3 in, new span id for this hop
 //!        router::route              host, path prefix, header → Route (else 404 no-route)
+//!        split / faults             weighted target; delay, abort, reset (fault-injected)
 //!        prepare_request            hop-by-hop out, Host + X-Forwarded-* in
-//!        upstream.call              bulkhead.acquire (503 bulkhead-full)
-//!                                   → pick endpoint (round robin)
-//!                                   → pool send before the route deadline (502/504)
+//!        upstream.call              breaker.allow (503 circuit-open, no socket, no slot)
+//!                                   → bulkhead.acquire (503 bulkhead-full)
+//!                                   → balancer.pick (P2C peak-EWMA, ejection, health)
+//!                                   → pool send before the per-try and route deadlines
+//!                                   → retry within the budget; record outcome in breaker
 //!   ← response streamed back        hop-by-hop out; slot freed when the body ends
 //! ```
 

@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::framing::Framing;
+
 /// Waiting for a request; no byte of the next head yet.
 const IDLE: u8 = 0;
 /// Bytes of a request head arrived; the head is not complete yet.
@@ -38,6 +40,8 @@ pub struct ConnWatch {
     epoch: Instant,
     wake: Notify,
     head_timed_out: AtomicBool,
+    /// The request stream broke HTTP/1 framing rules; answer 400 when the stream drops.
+    framing_refused: AtomicBool,
 }
 
 impl ConnWatch {
@@ -49,6 +53,7 @@ impl ConnWatch {
             epoch: Instant::now(),
             wake: Notify::new(),
             head_timed_out: AtomicBool::new(false),
+            framing_refused: AtomicBool::new(false),
         })
     }
 
@@ -106,25 +111,69 @@ impl Drop for RequestMark {
     }
 }
 
-/// The client's TCP stream, noticing the first byte of each request head. If the watchdog gave
-/// up on a head, dropping the stream writes `408 Request Timeout` before closing.
+/// The client's TCP stream, noticing the first byte of each request head and following the
+/// HTTP/1 framing ([`Framing`]). If the watchdog gave up on a head, dropping the stream writes
+/// `408 Request Timeout` before closing; if the framing was refused, `400 Bad Request`.
 #[derive(Debug)]
 pub struct WatchedStream {
     stream: TcpStream,
     watch: Arc<ConnWatch>,
     first_read: bool,
+    framing: Framing,
+    /// Response bytes were written since the current request's head began.
+    wrote_since_head: bool,
 }
 
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nkeel-error: bad-request\r\n\r\n";
 
+const BAD_FRAMING_RESPONSE: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nkeel-error: bad-request\r\n\r\n";
+
 impl Drop for WatchedStream {
     fn drop(&mut self) {
+        // Nothing was written for this head, so the send buffer has room: a non-blocking write
+        // of a few bytes goes through or, if the peer is gone, fails harmlessly.
         if self.watch.head_timed_out.load(Ordering::Acquire) {
-            // Nothing was written for this head, so the send buffer has room: a non-blocking
-            // write of a few bytes goes through or, if the peer is gone, fails harmlessly.
             let _ = self.stream.try_write(REQUEST_TIMEOUT_RESPONSE);
+        } else if self.watch.framing_refused.load(Ordering::Acquire) {
+            let _ = self.stream.try_write(BAD_FRAMING_RESPONSE);
         }
+    }
+}
+
+impl WatchedStream {
+    /// Follows the bytes just read; on a violation they are taken back from `buf` and the
+    /// read fails, so hyper never sees the rest of the offending message.
+    fn follow_framing(&mut self, buf: &mut ReadBuf<'_>, before: usize) -> io::Result<()> {
+        if !self.framing.active() || self.watch.phase.load(Ordering::Acquire) == H2 {
+            return Ok(());
+        }
+        let started = self.framing.messages_started();
+        let result = self.framing.feed(&buf.filled()[before..]);
+        if self.framing.messages_started() != started {
+            self.wrote_since_head = false;
+        }
+        let Err(violation) = result else {
+            return Ok(());
+        };
+        buf.set_filled(before);
+        // Answer 400 only where it cannot be taken for another request's response: nothing
+        // was written since this request began, and no earlier request is still in flight.
+        let in_flight = self.watch.in_flight.load(Ordering::Acquire);
+        let alone = if self.framing.in_body() {
+            in_flight <= 1
+        } else {
+            in_flight == 0
+        };
+        if alone && !self.wrote_since_head {
+            self.watch.framing_refused.store(true, Ordering::Release);
+        }
+        tracing::debug!(
+            reason = violation.0,
+            "request framing refused; closing the connection"
+        );
+        Err(io::Error::new(io::ErrorKind::InvalidData, violation.0))
     }
 }
 
@@ -144,6 +193,7 @@ impl AsyncRead for WatchedStream {
                 this.watch.set_phase(if h2 { H2 } else { READING_HEAD });
             }
             this.first_read = false;
+            this.follow_framing(buf, before)?;
         }
         polled
     }
@@ -155,7 +205,9 @@ impl AsyncWrite for WatchedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.wrote_since_head = true;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -171,7 +223,9 @@ impl AsyncWrite for WatchedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.wrote_since_head = true;
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -179,14 +233,16 @@ impl AsyncWrite for WatchedStream {
     }
 }
 
-/// Wraps a fresh client stream.
-pub fn watch(stream: TcpStream) -> (WatchedStream, Arc<ConnWatch>) {
+/// Wraps a fresh client stream whose request heads may be up to `max_head_bytes` long.
+pub fn watch(stream: TcpStream, max_head_bytes: usize) -> (WatchedStream, Arc<ConnWatch>) {
     let watch = ConnWatch::new();
     (
         WatchedStream {
             stream,
             watch: watch.clone(),
             first_read: true,
+            framing: Framing::new(max_head_bytes),
+            wrote_since_head: false,
         },
         watch,
     )

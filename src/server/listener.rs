@@ -103,7 +103,7 @@ pub(crate) async fn accept_loop(
             () = stop.triggered() => return,
         };
         let _ = stream.set_nodelay(true);
-        let (io, watch) = conn::watch(stream);
+        let (io, watch) = conn::watch(stream, config.max_header_bytes);
         let ctx = Arc::new(ConnContext {
             listener: index,
             runtime: runtime.clone(),

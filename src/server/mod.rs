@@ -7,6 +7,7 @@
 //! as nothing is in flight.
 
 pub mod conn;
+pub mod framing;
 pub mod listener;
 pub mod shutdown;
 

@@ -463,6 +463,13 @@ fn classify(err: hyper_util::client::legacy::Error) -> (ProxyError, AttemptOutco
             // The client's body broke the listener's limit: its fault, not the upstream's.
             return (ProxyError::BodyTooLarge, AttemptOutcome::Status(413));
         }
+        if c.is::<retry::ClientBodyError>() {
+            // The client's body broke off or broke the framing rules: not the upstream's fault.
+            return (
+                ProxyError::BadRequest("request body ended abnormally"),
+                AttemptOutcome::Status(400),
+            );
+        }
         cause = c.source();
     }
     let connect = err.is_connect() || {

@@ -39,6 +39,12 @@ pub struct StreamLimits {
 #[error("request body larger than max_request_body")]
 pub struct BodyTooLarge;
 
+/// The client's request body broke off or was malformed while it was being forwarded: the
+/// client's fault, never the upstream's (keel answers 400 and the breaker does not count it).
+#[derive(Debug, thiserror::Error)]
+#[error("request body from the client failed")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The body sent upstream: streamed from the client, or kept in memory for replay.
 #[derive(Debug)]
 pub enum UpstreamBody {
@@ -71,7 +77,9 @@ impl Body for UpstreamBody {
                         }
                     }
                 }
-                polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
+                polled.map(|frame| {
+                    frame.map(|r| r.map_err(|err| Box::new(ClientBodyError(err)) as _))
+                })
             }
             UpstreamBody::Buffered(bytes) => Poll::Ready(
                 bytes
