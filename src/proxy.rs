@@ -167,8 +167,9 @@ impl Runtime {
 /// Per-connection context, built once when a connection is accepted.
 #[derive(Debug)]
 pub struct ConnContext {
-    /// Index of the listener in `config.listeners`.
-    pub listener: usize,
+    /// The listener's name; its settings and routes are looked up in the current config, so a
+    /// reload that adds or removes other listeners does not confuse them.
+    pub listener: Arc<str>,
     /// The current runtime; one atomic load per request.
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// The client's address.
@@ -229,7 +230,12 @@ pub async fn handle(
         .request_started(req.version() == Version::HTTP_2, &ctx.in_flight);
     // One atomic load per request; the Arc keeps this config alive while the request runs.
     let runtime = ctx.runtime.load_full();
-    let listener = runtime.config.listeners.get(ctx.listener);
+    let listener_index = runtime
+        .config
+        .listeners
+        .iter()
+        .position(|l| l.name == ctx.listener);
+    let listener = listener_index.and_then(|i| runtime.config.listeners.get(i));
     let direction = listener.map_or(Direction::Outbound, |l| l.direction);
     let trace = ctx
         .telemetry
@@ -254,6 +260,7 @@ pub async fn handle(
     let result = forward(
         &ctx,
         &runtime,
+        listener_index,
         req,
         mark,
         &mut info,
@@ -275,7 +282,9 @@ pub async fn handle(
         }
     };
     let status = response.status().as_u16();
-    if let Some(metrics) = runtime.route_metrics(ctx.listener, info.route, info.target) {
+    if let Some(metrics) =
+        listener_index.and_then(|i| runtime.route_metrics(i, info.route, info.target))
+    {
         metrics.observe(status, started.elapsed().as_secs_f64());
     }
     let route = info
@@ -423,6 +432,7 @@ fn error_body(reason: &'static str) -> &'static str {
 async fn forward(
     ctx: &Arc<ConnContext>,
     runtime: &Runtime,
+    listener_index: Option<usize>,
     mut req: Request<Incoming>,
     mark: RequestMark,
     info: &mut RequestInfo,
@@ -431,10 +441,12 @@ async fn forward(
     bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let authority = request_authority(&req)?;
+    // A listener removed by a reload serves no new requests while its connections drain.
+    let listener_index = listener_index.ok_or(ProxyError::NoRoute)?;
     let listener = runtime
         .config
         .listeners
-        .get(ctx.listener)
+        .get(listener_index)
         .ok_or(ProxyError::NoRoute)?;
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > listener.max_uri_bytes {
@@ -457,7 +469,7 @@ async fn forward(
     info.route = Some(route_index);
     let state = runtime
         .routes
-        .get(ctx.listener)
+        .get(listener_index)
         .and_then(|routes| routes.get(route_index))
         .ok_or(ProxyError::NoRoute)?;
     let target = state.pick_target(route, req.headers());

@@ -4,13 +4,15 @@
 //! updates, which swap a symlink, are seen), SIGHUP, and `POST /reload` on the admin listener.
 //! A file with any error is refused whole and the running config keeps serving; the error
 //! (FILE:LINE:COL lines) is logged, shown in `/config` and counted in
-//! `keel_config_reloads_total{result="failure"}`. A valid file replaces routes and upstreams
+//! `keel_config_reloads_total{result="error"}`. A valid file replaces routes and upstreams
 //! atomically: requests in flight finish on the config they started with; upstreams whose
-//! settings did not change keep their pool, breaker, ejections and health state.
+//! settings did not change keep their pool, breaker, ejections and health state. New listeners
+//! are bound before the swap (a bind error refuses the reload), removed ones stop accepting and
+//! drain, changed ones keep their socket (see [`crate::server::listeners`]).
 //!
-//! Listener addresses and settings, the admin and metrics listeners, tracing and the access log
-//! output are bound at start: a reload that changes them is refused with a message saying a
-//! restart is needed, rather than applied halfway.
+//! The admin and metrics listeners, tracing and the log and access-log outputs are set up at
+//! start: a reload that changes them is refused with a message saying a restart is needed,
+//! rather than applied halfway.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 use crate::config::{self, model::Config};
 use crate::proxy::{Runtime, Telemetry};
+use crate::server::listeners::ListenerSet;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -50,6 +53,7 @@ pub struct Reloader {
     last_text: AsyncMutex<Option<String>>,
     last_error: Mutex<Option<String>>,
     telemetry: Arc<Telemetry>,
+    listeners: Arc<ListenerSet>,
     allow_faults: bool,
 }
 
@@ -60,6 +64,7 @@ impl Reloader {
         runtime: Arc<ArcSwap<Runtime>>,
         metrics: Arc<Metrics>,
         telemetry: Arc<Telemetry>,
+        listeners: Arc<ListenerSet>,
         allow_faults: bool,
     ) -> Arc<Self> {
         let last_text = path
@@ -72,6 +77,7 @@ impl Reloader {
             last_text: AsyncMutex::new(last_text),
             last_error: Mutex::new(None),
             telemetry,
+            listeners,
             allow_faults,
         })
     }
@@ -122,7 +128,7 @@ impl Reloader {
             Err(error) => {
                 self.metrics
                     .config_reloads
-                    .with_label_values(&["failure"])
+                    .with_label_values(&["error"])
                     .inc();
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = Some(error.clone());
@@ -142,6 +148,9 @@ impl Reloader {
                 config.faults.len()
             ));
         }
+        // Bind new listener addresses first: a taken port refuses the reload before anything
+        // changed (the sockets bound so far close when the plan is dropped).
+        let plan = self.listeners.plan(&config.listeners)?;
         self.telemetry
             .chaos
             .set_config_faults(config.faults.clone());
@@ -163,6 +172,9 @@ impl Reloader {
         }
         let runtime = Runtime::new(Arc::new(config), upstreams, &self.metrics);
         self.runtime.store(Arc::new(runtime));
+        if !plan.is_empty() {
+            self.listeners.apply(plan).await;
+        }
         Ok(ReloadOutcome::Applied { rebuilt, kept })
     }
 }
@@ -176,31 +188,11 @@ fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
     if old.tracing != new.tracing || old.access_log != new.access_log || old.log != new.log {
         problems.push("[tracing], [access_log] or [log] changed".to_owned());
     }
-    if old.listeners.len() != new.listeners.len() {
-        problems.push("listeners were added or removed".to_owned());
-    }
-    for (a, b) in old.listeners.iter().zip(&new.listeners) {
-        let same_socket = a.name == b.name
-            && a.listen == b.listen
-            && a.direction == b.direction
-            && a.max_connections == b.max_connections
-            && a.header_read_timeout == b.header_read_timeout
-            && a.idle_timeout == b.idle_timeout
-            && a.max_header_bytes == b.max_header_bytes
-            && a.max_headers == b.max_headers
-            && a.access_log == b.access_log;
-        if !same_socket {
-            problems.push(format!(
-                "listener `{}` changed more than its routes",
-                a.name
-            ));
-        }
-    }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "reload refused: {}; only routes and upstreams reload live, restart keel for the rest",
+            "reload refused: {}; restart keel to change these (listeners, routes and upstreams reload live)",
             problems.join("; ")
         ))
     }

@@ -301,7 +301,8 @@ expires_in = "10m"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_percentage_holds_over_2000_requests() {
-    const DELAY: Duration = Duration::from_millis(30);
+    // Long enough that an undelayed request on a busy 2-core machine rarely takes as long.
+    const DELAY: Duration = Duration::from_millis(100);
     let up = upstream(Behaviour::Respond).await;
     let keel = spawn_keel(&api_with_faults(
         up.addr,
@@ -310,7 +311,7 @@ async fn delay_percentage_holds_over_2000_requests() {
 [[faults]]
 name = "delay-tenth"
 route = "api"
-delay = "30ms"
+delay = "100ms"
 percent = 10
 expires_in = "10m"
 "#,
@@ -335,12 +336,13 @@ expires_in = "10m"
         slow >= injected,
         "every delayed request took at least {DELAY:?}: only {slow} slow, {injected} delayed"
     );
-    // The upstream answers at once: nearly all the slow requests are the delayed ones.
+    // The upstream answers at once: nearly all the slow requests are the delayed ones (a
+    // scheduling stall on a loaded machine may slow a few others).
     assert!(
-        slow <= injected + total / 50,
+        slow <= injected + total / 20,
         "{slow} requests took {DELAY:?} or more but only {injected} were delayed"
     );
-    assert_share(slow, total, 10.0, 3.0 + 2.0, "slow requests");
+    assert_share(slow, total, 10.0, 3.0 + 5.0, "slow requests");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,20 +56,20 @@ pub(crate) struct Shared {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// Tracing, access log, faults.
     pub telemetry: Arc<Telemetry>,
-    /// Graceful shutdown of this listener's direction.
+    /// Graceful shutdown of this listener's connections.
     pub graceful: Arc<GracefulShutdown>,
     /// Requests in flight on this listener's direction.
     pub in_flight: Arc<AtomicUsize>,
 }
 
-/// Accepts connections until `stop` fires, then returns (dropping the socket).
+/// Accepts connections until `stop` fires, then returns the socket: dropping it refuses new
+/// connections, or a reload hands it to the accept loop of the listener's new settings.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    index: usize,
     config: ListenerConfig,
     shared: Shared,
     mut stop: ShutdownSignal,
-) {
+) -> TcpListener {
     let Shared {
         runtime,
         telemetry,
@@ -83,10 +83,10 @@ pub(crate) async fn accept_loop(
             // A connection slot is free.
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return,
+                Err(_) => return listener,
             },
-            // Draining: stop accepting.
-            () = stop.triggered() => return,
+            // Draining, or the listener was removed or changed: stop accepting.
+            () = stop.triggered() => return listener,
         };
         let (stream, peer) = tokio::select! {
             // A client connected (or accept failed, for example out of file descriptors).
@@ -99,13 +99,13 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
             },
-            // Draining: stop accepting.
-            () = stop.triggered() => return,
+            // Draining, or the listener was removed or changed: stop accepting.
+            () = stop.triggered() => return listener,
         };
         let _ = stream.set_nodelay(true);
         let (io, watch) = conn::watch(stream, config.max_header_bytes);
         let ctx = Arc::new(ConnContext {
-            listener: index,
+            listener: config.name.clone(),
             runtime: runtime.clone(),
             peer,
             peer_ip: peer_ip_header(peer),

@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod framing;
 pub mod listener;
+pub mod listeners;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -30,9 +30,9 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 use crate::upstream::Upstream;
+use listeners::ListenerSet;
 use shutdown::Shutdown;
-use shutdown::ShutdownSignal;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 /// Why keel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ pub enum StartError {
 /// A running keel.
 #[derive(Debug)]
 pub struct Running {
-    listeners: Vec<(Arc<str>, SocketAddr)>,
+    listeners: Arc<ListenerSet>,
     admin_addr: SocketAddr,
     metrics_addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -71,8 +71,6 @@ pub struct Running {
     reloader: Arc<Reloader>,
     health: Arc<Health>,
     runtime: Arc<ArcSwap<Runtime>>,
-    inbound: DirectionGroup,
-    outbound: DirectionGroup,
     stop_admin: Shutdown,
     admin_task: JoinHandle<()>,
     stop_requested: Arc<tokio::sync::Notify>,
@@ -83,44 +81,6 @@ pub struct Running {
 /// How long outbound listeners must have had nothing in flight before they close in a drain:
 /// an app that is shutting down may still make calls between quiet moments.
 const OUTBOUND_QUIET: Duration = Duration::from_secs(1);
-
-/// The listeners of one direction: drained together.
-#[derive(Debug)]
-struct DirectionGroup {
-    stop: Shutdown,
-    signal: ShutdownSignal,
-    tasks: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
-    in_flight: Arc<AtomicUsize>,
-}
-
-impl DirectionGroup {
-    fn new() -> Self {
-        let (stop, signal) = Shutdown::new();
-        DirectionGroup {
-            stop,
-            signal,
-            tasks: Vec::new(),
-            graceful: Arc::new(GracefulShutdown::new()),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// Stops accepting, then lets open connections finish until `deadline`.
-    async fn close(self, deadline: tokio::time::Instant) -> bool {
-        self.stop.trigger();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        match Arc::try_unwrap(self.graceful) {
-            Ok(graceful) => tokio::time::timeout_at(deadline, graceful.shutdown())
-                .await
-                .is_ok(),
-            // Only the accept loops held clones and they have ended; be safe anyway.
-            Err(_) => false,
-        }
-    }
-}
 
 /// Builds the upstreams for a config, in config order, with their metric handles.
 pub async fn build_runtime(config: Config, metrics: &Metrics) -> Runtime {
@@ -136,23 +96,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, None, false).await
 }
 
-/// Pending connections the kernel queues for a proxy listener before keel accepts them. The
-/// usual default (128, Rust's and tokio's) overflows when a caller opens hundreds of
-/// connections at once, and overflowing handshakes stall for a SYN retransmit (a second).
-const LISTEN_BACKLOG: u32 = 1024;
-
-/// Binds a proxy listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's `bind` does).
-fn bind_proxy_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// Binds everything and starts serving; `source` is the file reloads read, `allow_faults`
 /// permits `[[faults]]` in it (the `--allow-faults` flag).
 pub async fn start_with(
@@ -162,7 +105,7 @@ pub async fn start_with(
 ) -> Result<Running, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let socket = bind_proxy_listener(listener.listen).map_err(|source| StartError::Bind {
+        let socket = listeners::bind(listener.listen).map_err(|source| StartError::Bind {
             what: format!("listener `{}`", listener.name),
             addr: listener.listen,
             source,
@@ -172,7 +115,11 @@ pub async fn start_with(
             addr: listener.listen,
             source,
         })?;
-        bound.push((socket, addr));
+        let _ = addr;
+        bound.push(listeners::Bound {
+            config: listener.clone(),
+            socket,
+        });
     }
     let admin_socket = TcpListener::bind(config.admin.listen)
         .await
@@ -206,7 +153,6 @@ pub async fn start_with(
 
     let drain_delay = config.shutdown.drain_delay;
     let grace_period = config.shutdown.grace_period;
-    let listener_configs = config.listeners.clone();
     let metrics = Arc::new(Metrics::new());
     let tracing = Tracing::new(&config.tracing, metrics.spans_dropped.clone())
         .map_err(StartError::Tracing)?;
@@ -230,32 +176,15 @@ pub async fn start_with(
     });
     let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(config, &metrics).await));
     let health = Arc::new(Health::default());
-    let mut inbound = DirectionGroup::new();
-    let mut outbound = DirectionGroup::new();
     let (stop_admin, admin_signal) = Shutdown::new();
     let stop_requested = Arc::new(tokio::sync::Notify::new());
-
-    let mut listeners = Vec::with_capacity(bound.len());
-    for (index, ((socket, addr), listener)) in bound.into_iter().zip(listener_configs).enumerate() {
-        tracing::info!(listener = %listener.name, direction = listener.direction.as_str(), %addr, "listening");
-        listeners.push((listener.name.clone(), addr));
-        let group = match listener.direction {
-            Direction::Inbound => &mut inbound,
-            Direction::Outbound => &mut outbound,
-        };
-        let task = tokio::spawn(listener::accept_loop(
-            socket,
-            index,
-            listener,
-            listener::Shared {
-                runtime: runtime.clone(),
-                telemetry: telemetry.clone(),
-                graceful: group.graceful.clone(),
-                in_flight: group.in_flight.clone(),
-            },
-            group.signal.clone(),
-        ));
-        group.tasks.push(task);
+    let listeners = Arc::new(ListenerSet::new(
+        runtime.clone(),
+        telemetry.clone(),
+        grace_period,
+    ));
+    for bound in bound {
+        listeners.start(bound);
     }
     tracing::info!(addr = %admin_addr, "admin listening");
     tracing::info!(addr = %metrics_addr, "metrics listening");
@@ -270,6 +199,7 @@ pub async fn start_with(
         runtime.clone(),
         metrics.clone(),
         telemetry.clone(),
+        listeners.clone(),
         allow_faults,
     );
     let admin_task = tokio::spawn(admin::serve(
@@ -292,8 +222,6 @@ pub async fn start_with(
         reloader,
         health,
         runtime,
-        inbound,
-        outbound,
         stop_admin,
         admin_task,
         stop_requested,
@@ -306,14 +234,15 @@ impl Running {
     /// The bound address of a listener, by name.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
-            .iter()
+            .addresses()
+            .into_iter()
             .find(|(n, _)| &**n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
-    /// Every listener's name and bound address.
-    pub fn listeners(&self) -> &[(Arc<str>, SocketAddr)] {
-        &self.listeners
+    /// Every listener's name and bound address (reloads may add and remove listeners).
+    pub fn listeners(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        self.listeners.addresses()
     }
 
     /// The admin listener's bound address.
@@ -369,12 +298,13 @@ impl Running {
             tokio::time::sleep(self.drain_delay).await;
         }
         let deadline = tokio::time::Instant::now() + self.grace_period;
-        let inbound_done = self.inbound.close(deadline).await;
-        if !self.outbound.tasks.is_empty() {
+        let inbound_done = self.listeners.close(Direction::Inbound, deadline).await;
+        if self.listeners.has(Direction::Outbound) {
+            let outbound_in_flight = self.listeners.in_flight(Direction::Outbound).clone();
             let mut quiet_since = tokio::time::Instant::now();
             loop {
                 let now = tokio::time::Instant::now();
-                if self.outbound.in_flight.load(Ordering::Acquire) > 0 {
+                if outbound_in_flight.load(Ordering::Acquire) > 0 {
                     quiet_since = now;
                 }
                 if now >= deadline || now.duration_since(quiet_since) >= OUTBOUND_QUIET {
@@ -384,7 +314,7 @@ impl Running {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let outbound_done = self.outbound.close(deadline).await;
+        let outbound_done = self.listeners.close(Direction::Outbound, deadline).await;
         let finished = inbound_done && outbound_done;
         if finished {
             tracing::info!("drained");
