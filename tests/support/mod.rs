@@ -684,6 +684,17 @@ impl KeelProcess {
         assert!(status.success());
     }
 
+    /// Whether the process still runs.
+    pub fn child_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last `n` lines keel logged.
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(n)..].to_vec()
+    }
+
     /// Peak resident set size (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
