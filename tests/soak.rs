@@ -193,7 +193,11 @@ async fn client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>
             return;
         }
         turn += 1;
-        let route = if turn % 2 == 0 { "steady" } else { "chaos" };
+        let route = if turn.is_multiple_of(2) {
+            "steady"
+        } else {
+            "chaos"
+        };
         if let Some(s) = sender.as_mut() {
             if s.ready().await.is_err() {
                 sender = None;
@@ -344,7 +348,7 @@ endpoints = ["{}"]
             .expect("a client panicked");
     }
     let peak = keel.peak_rss_kib();
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     eprintln!("modes {modes:?}");
     eprintln!("outcomes {:#?}", tally.outcomes);
     eprintln!(
@@ -404,7 +408,6 @@ endpoints = ["{}"]
         "RSS after the soak {} KiB (bound {bound} KiB)",
         rss_kib(pid)
     );
-    drop(tally);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
