@@ -6,6 +6,8 @@
 //! An upstream body error is passed on as an error, which makes hyper abort the client
 //! connection, so a truncated body is never presented as complete.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

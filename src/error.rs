@@ -4,6 +4,8 @@
 //! [`ProxyError::status`] and [`ProxyError::reason`], which are exhaustive matches so a new
 //! variant cannot ship without a status.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::time::Duration;
 
 use http::StatusCode;

@@ -306,6 +306,7 @@ fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>
             Instant::now() < deadline,
             "timed out after {limit:?} waiting for: {what}"
         );
+        #[allow(clippy::disallowed_methods)] // a plain #[test]: no async runtime here
         std::thread::sleep(Duration::from_millis(100));
     }
 }

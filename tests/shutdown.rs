@@ -53,6 +53,7 @@ async fn sigterm_drains_fifty_in_flight_requests_and_exits_early() {
                 return status;
             }
             assert!(std::time::Instant::now() < deadline, "keel did not exit");
+            #[allow(clippy::disallowed_methods)] // a blocking-pool thread, not a runtime worker
             std::thread::sleep(Duration::from_millis(20));
         }
     })
@@ -179,6 +180,7 @@ async fn post_shutdown_stops_keel() {
                 std::time::Instant::now() < deadline,
                 "keel did not exit after POST /shutdown"
             );
+            #[allow(clippy::disallowed_methods)] // a blocking-pool thread, not a runtime worker
             std::thread::sleep(Duration::from_millis(20));
         }
     })

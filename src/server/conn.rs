@@ -8,6 +8,8 @@
 //! of a head, the proxy marks the head complete ([`RequestMark`]), and [`serve`] sleeps until the
 //! deadline of the current phase.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};

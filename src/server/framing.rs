@@ -13,6 +13,8 @@
 //! switch (`Upgrade`, `CONNECT`, the h2c preface) or a head over the size limit (hyper answers
 //! 431 for that).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 /// Why a request stream was refused; the text goes to the debug log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation(pub &'static str);

@@ -4,6 +4,8 @@
 //! so excess clients wait in the kernel backlog instead of costing keel memory. Each connection
 //! runs in its own task under the watchdog of `conn.rs` and is watched for graceful shutdown.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

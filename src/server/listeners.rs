@@ -7,6 +7,8 @@
 //! connection is refused meanwhile), and drains removed listeners: they stop accepting, idle
 //! connections close, requests in flight finish within the grace period.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
