@@ -41,3 +41,4 @@ pub mod router;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod x509;

@@ -183,6 +183,8 @@ pub struct ConnContext {
     pub telemetry: Arc<Telemetry>,
     /// Requests in flight on the listeners of this direction (the drain waits on it).
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the TLS handshake established, on TLS listeners.
+    pub tls: Option<crate::server::tls::TlsInfo>,
 }
 
 /// The instance-wide telemetry sinks the request path writes to.
@@ -336,6 +338,14 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned(),
+            // Trailers-only gRPC responses carry it in the head; otherwise the body sets it
+            // when the trailers arrive.
+            grpc_status: crate::upstream::grpc_status(response.headers()),
+            client_identity: ctx
+                .tls
+                .as_ref()
+                .and_then(|t| t.identity.as_deref())
+                .map(str::to_owned),
         });
         let mut pending = PendingRecord::new(record, started, bytes_in, log.clone());
         match response.body_mut() {
@@ -413,6 +423,7 @@ fn error_body(reason: &'static str) -> &'static str {
         "circuit-open" => "keel: upstream is failing; circuit breaker open\n",
         "fault-injected" => "keel: fault injected on purpose\n",
         "upstream-connect" => "keel: could not connect to upstream\n",
+        "upstream-tls" => "keel: TLS handshake with upstream failed\n",
         "upstream-reset" => "keel: upstream connection failed\n",
         "upstream-timeout" => "keel: upstream did not answer in time\n",
         _ => "keel: error\n",
@@ -589,6 +600,7 @@ async fn forward(
     let CallSuccess {
         mut response,
         permit,
+        grpc,
         ..
     } = result?;
 
@@ -620,6 +632,7 @@ async fn forward(
         mark: Some(mark),
         log: None,
         throttle,
+        grpc,
     }))
 }
 
@@ -689,7 +702,15 @@ fn prepare_request(
     }
     headers.insert(header::HOST, host_value.clone());
     headers.insert(X_FORWARDED_HOST.clone(), host_value);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if ctx.tls.is_some() { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(tls) = &ctx.tls {
+        // Only keel vouches for client identities: a client's own value never reaches the app.
+        headers.remove(&tls.identity_header);
+        if let Some(identity) = &tls.identity_value {
+            headers.insert(tls.identity_header.clone(), identity.clone());
+        }
+    }
     append_forwarded_for(headers, &ctx.peer_ip);
     let request_id = match headers.get(&X_REQUEST_ID) {
         Some(id) => id.clone(),

@@ -106,11 +106,28 @@ impl Drop for RequestMark {
     }
 }
 
-/// The client's TCP stream, noticing the first byte of each request head. If the watchdog gave
-/// up on a head, dropping the stream writes `408 Request Timeout` before closing.
+/// A client connection keel serves HTTP on: plain TCP, or TLS over TCP.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes `bytes` as the last thing on the connection, without blocking (best effort):
+    /// the 408 sent when the watchdog gives up on a request head. Over TLS this encrypts
+    /// them and adds a `close_notify`.
+    fn write_final(&mut self, bytes: &[u8]);
+}
+
+impl ClientStream for TcpStream {
+    fn write_final(&mut self, bytes: &[u8]) {
+        // Nothing was written for this head, so the send buffer has room: a non-blocking
+        // write of a few bytes goes through or, if the peer is gone, fails harmlessly.
+        let _ = self.try_write(bytes);
+    }
+}
+
+/// The client's stream (after TLS, if any), noticing the first byte of each request head. If
+/// the watchdog gave up on a head, dropping the stream writes `408 Request Timeout` before
+/// closing.
 #[derive(Debug)]
-pub struct WatchedStream {
-    stream: TcpStream,
+pub struct WatchedStream<S: ClientStream = TcpStream> {
+    stream: S,
     watch: Arc<ConnWatch>,
     first_read: bool,
 }
@@ -118,17 +135,15 @@ pub struct WatchedStream {
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nkeel-error: bad-request\r\n\r\n";
 
-impl Drop for WatchedStream {
+impl<S: ClientStream> Drop for WatchedStream<S> {
     fn drop(&mut self) {
         if self.watch.head_timed_out.load(Ordering::Acquire) {
-            // Nothing was written for this head, so the send buffer has room: a non-blocking
-            // write of a few bytes goes through or, if the peer is gone, fails harmlessly.
-            let _ = self.stream.try_write(REQUEST_TIMEOUT_RESPONSE);
+            self.stream.write_final(REQUEST_TIMEOUT_RESPONSE);
         }
     }
 }
 
-impl AsyncRead for WatchedStream {
+impl<S: ClientStream> AsyncRead for WatchedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -149,7 +164,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<S: ClientStream> AsyncWrite for WatchedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -179,8 +194,8 @@ impl AsyncWrite for WatchedStream {
     }
 }
 
-/// Wraps a fresh client stream.
-pub fn watch(stream: TcpStream) -> (WatchedStream, Arc<ConnWatch>) {
+/// Wraps a fresh client stream (TCP, or TLS after its handshake).
+pub fn watch<S: ClientStream>(stream: S) -> (WatchedStream<S>, Arc<ConnWatch>) {
     let watch = ConnWatch::new();
     (
         WatchedStream {

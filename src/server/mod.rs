@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod listener;
 pub mod shutdown;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -189,6 +190,9 @@ pub async fn start_with(
             source,
         })?;
 
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config warning");
+    }
     let drain_delay = config.shutdown.drain_delay;
     let grace_period = config.shutdown.grace_period;
     let listener_configs = config.listeners.clone();
