@@ -251,6 +251,7 @@ pub async fn handle(
             .unwrap_or_default()
     });
     let bytes_in = access_log.map(|_| Arc::new(AtomicU64::new(0)));
+    let grpc_request = crate::upstream::is_grpc(req.headers());
 
     let mut info = RequestInfo::default();
     let result = forward(
@@ -272,11 +273,18 @@ pub async fn handle(
             } else {
                 tracing::debug!(peer = %ctx.peer, error = %err, "request rejected");
             }
-            let response = error_response(&err);
+            let mut response = error_response(&err);
+            if grpc_request {
+                grpc_error_response(&err, &mut response);
+            }
             (response, Some(err))
         }
     };
-    let status = response.status().as_u16();
+    // keel's own answers count with their HTTP status, also when a gRPC client got them as
+    // a trailers-only 200 (so dashboards see a circuit-open as a 503 whatever the protocol).
+    let status = error
+        .as_ref()
+        .map_or(response.status().as_u16(), |e| e.status().as_u16());
     if let Some(metrics) = runtime.route_metrics(ctx.listener, info.route, info.target) {
         metrics.observe(status, started.elapsed().as_secs_f64());
     }
@@ -367,6 +375,50 @@ pub async fn handle(
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset by an injected fault")]
 pub struct ResetConnection;
+
+/// Turns keel's error response into a gRPC trailers-only response for a gRPC request: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` mapped from the error (UNAVAILABLE for shed,
+/// open and broken upstreams, DEADLINE_EXCEEDED for timeouts, UNIMPLEMENTED for no route, as
+/// gRPC's HTTP mapping does) and `grpc-message` naming the reason; `keel-error` stays.
+/// gRPC clients then report the real cause instead of failing to parse a text body.
+fn grpc_error_response(err: &ProxyError, response: &mut Response<ProxyBody>) {
+    if response.headers().contains_key("grpc-status") {
+        return; // an injected gRPC abort is already one
+    }
+    let code: u16 = match err {
+        ProxyError::UpstreamTimeout(_) => 4,
+        ProxyError::BodyTooLarge => 8,
+        ProxyError::NoRoute => 12,
+        ProxyError::BadRequest(_) | ProxyError::UriTooLong => 13,
+        ProxyError::BulkheadFull(_)
+        | ProxyError::CircuitOpen { .. }
+        | ProxyError::NoEndpoint
+        | ProxyError::UpstreamConnect(_)
+        | ProxyError::UpstreamTls(_)
+        | ProxyError::UpstreamReset(_)
+        | ProxyError::FaultReset => 14,
+        ProxyError::FaultInjected { status, .. } => match status.as_u16() {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502..=504 => 14,
+            _ => 2,
+        },
+    };
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(code));
+    let message = format!("keel: {}", err.reason());
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        headers.insert(HeaderName::from_static("grpc-message"), value);
+    }
+    *response.body_mut() = ProxyBody::empty();
+}
 
 /// keel's response for an error: status, `keel-error` reason, short text body.
 pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
