@@ -12,19 +12,24 @@
 //! - [`reload`]: validate-and-swap config reloads (file watch, SIGHUP, `POST /reload`).
 //! - [`fault`]: time-boxed fault injection.
 //! - [`demo`]: built-in upstreams for `keel demo`.
+//! - [`x509`]: the few certificate fields keel reports (SANs, subject, validity).
 //!
 //! # One request, one direction
 //! ```text
-//! accept (listener permit) → WatchedStream + hyper (HTTP/1.1 or h2c, head limits, 408 watchdog)
+//! accept (listener permit; TLS: handshake slot) → [TLS handshake, timeout, ALPN, client identity]
+//!   → WatchedStream + hyper (HTTP/1.1 or h2 as ALPN chose, else detected; head limits, 408 watchdog)
 //!   → proxy::handle                 outer: error → response exactly once
 //!     → forward                     inner: `?` chain
 //!        request_authority          absolute-form / :authority / single Host, else 400
 //!        runtime.load()             one atomic load of the config snapshot
 //!        router::route              host, path prefix, header → Route (else 404 no-route)
-//!        prepare_request            hop-by-hop out, Host + X-Forwarded-* in
-//!        upstream.call              bulkhead.acquire (503 bulkhead-full)
-//!                                   → pick endpoint (round robin)
-//!                                   → pool send before the route deadline (502/504)
+//!        prepare_request            hop-by-hop out, Host + X-Forwarded-* + client identity in
+//!        upstream.call              breaker admission (503 circuit-open)
+//!                                   → bulkhead.acquire (503 bulkhead-full)
+//!                                   → pick endpoint (P2C) → pool: TCP [+ TLS, ALPN] (502
+//!                                     upstream-connect / upstream-tls), HTTP/1.1 or h2
+//!                                   → send before the deadline (502/504), record outcome
+//!                                     (gRPC with trailers: when the trailers arrive)
 //!   ← response streamed back        hop-by-hop out; slot freed when the body ends
 //! ```
 

@@ -412,7 +412,10 @@ fn grpc_error_response(err: &ProxyError, response: &mut Response<ProxyBody>) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(code));
+    headers.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    );
     let message = format!("keel: {}", err.reason());
     if let Ok(value) = HeaderValue::from_str(&message) {
         headers.insert(HeaderName::from_static("grpc-message"), value);

@@ -295,9 +295,15 @@ pub fn watch(reloader: &Arc<Reloader>) -> Result<(), String> {
             // A reload may name certificate files in new directories: watch those too.
             for dir in watched_dirs(&path, &reloader.runtime.load().config) {
                 if !watched.contains(&dir) {
-                    match notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive) {
+                    match notify::Watcher::watch(
+                        &mut watcher,
+                        &dir,
+                        notify::RecursiveMode::NonRecursive,
+                    ) {
                         Ok(()) => watched.push(dir),
-                        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a certificate directory; rotations there need a reload"),
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a certificate directory; rotations there need a reload")
+                        }
                     }
                 }
             }

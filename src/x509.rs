@@ -219,7 +219,8 @@ fn time(tag: u8, value: &[u8]) -> Option<i64> {
         _ => return None,
     };
     let field = |i: usize| digits(rest.get(i..i + 2)?);
-    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
     Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
 }
 

@@ -55,9 +55,14 @@ async fn https_in_serves_http1_and_h2_as_alpn_chose() {
     assert_eq!(h1.version, http::Version::HTTP_11);
     assert!(h1.body.contains("x-forwarded-proto: https"), "{}", h1.body);
 
-    let h2 = https_get(addr, client_config(&ca, None, &[b"h2", b"http/1.1"]), "/two", &[])
-        .await
-        .unwrap();
+    let h2 = https_get(
+        addr,
+        client_config(&ca, None, &[b"h2", b"http/1.1"]),
+        "/two",
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(h2.status, 200, "{}", h2.body);
     assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(h2.version, http::Version::HTTP_2);
@@ -71,7 +76,12 @@ async fn https_in_serves_http1_and_h2_as_alpn_chose() {
     assert_eq!(none.alpn, None);
 
     // A plaintext request on the TLS port gets no HTTP answer.
-    let plain = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(5)).await;
+    let plain = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(!plain.contains("200 OK"), "{plain}");
     assert_eq!(app.requests(), 3);
 }
@@ -110,13 +120,20 @@ async fn mtls_required_refuses_clients_without_a_valid_certificate() {
     assert_eq!(app.requests(), 0, "no request reached the app");
 
     // A valid certificate: its URI SAN reaches the app; a forged header is replaced.
-    let client = clients.leaf("orders", &["orders.svc"], &["spiffe://cluster/ns/shop/sa/orders"]);
+    let client = clients.leaf(
+        "orders",
+        &["orders.svc"],
+        &["spiffe://cluster/ns/shop/sa/orders"],
+    );
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
         let ok = https_get(
             addr,
             client_config(&ca, Some(&client), &[alpn]),
             "/",
-            &[("x-forwarded-client-cert", "spiffe://cluster/ns/admin/sa/root")],
+            &[(
+                "x-forwarded-client-cert",
+                "spiffe://cluster/ns/admin/sa/root",
+            )],
         )
         .await
         .unwrap();
@@ -127,7 +144,11 @@ async fn mtls_required_refuses_clients_without_a_valid_certificate() {
             "{}",
             ok.body
         );
-        assert!(!ok.body.contains("sa/root"), "forged header stripped: {}", ok.body);
+        assert!(
+            !ok.body.contains("sa/root"),
+            "forged header stripped: {}",
+            ok.body
+        );
         assert_eq!(ok.body.matches("x-forwarded-client-cert").count(), 1);
     }
 }
@@ -155,13 +176,21 @@ async fn optional_client_certs_strip_forged_identity_and_use_a_configured_header
     .await
     .unwrap();
     assert_eq!(anonymous.status, 200);
-    assert!(!anonymous.body.contains("x-client-id"), "{}", anonymous.body);
+    assert!(
+        !anonymous.body.contains("x-client-id"),
+        "{}",
+        anonymous.body
+    );
     // Only a DNS SAN: that is the identity.
     let client = clients.leaf("billing", &["billing.svc"], &[]);
     let named = https_get(addr, client_config(&ca, Some(&client), &[b"h2"]), "/", &[])
         .await
         .unwrap();
-    assert!(named.body.contains("x-client-id: billing.svc\n"), "{}", named.body);
+    assert!(
+        named.body.contains("x-client-id: billing.svc\n"),
+        "{}",
+        named.body
+    );
 }
 
 #[tokio::test]
@@ -214,7 +243,9 @@ async fn tls_connections_keep_the_408_watchdog() {
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out);
@@ -245,7 +276,11 @@ async fn upstream_tls_with_a_private_ca_and_sni() {
     let ca = Ca::new("private ca");
     let ca_path = dir.write("ca.pem", &ca.pem);
     // The upstream's certificate names a service name, not the address keel dials.
-    let server = ca.leaf("payments", &["payments.svc.cluster.local", "localhost"], &[]);
+    let server = ca.leaf(
+        "payments",
+        &["payments.svc.cluster.local", "localhost"],
+        &[],
+    );
     let up = tls_upstream(server_config(&server, None, &[b"http/1.1"])).await;
 
     // server_name given: sent as SNI and verified.
@@ -321,7 +356,11 @@ async fn upstream_mtls_presents_the_client_certificate() {
     .await;
     let reply = get(keel.addr("main"), "inventory", "/").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert!(reply.body.contains("client=spiffe://mesh/orders"), "{}", reply.body);
+    assert!(
+        reply.body.contains("client=spiffe://mesh/orders"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -381,7 +420,10 @@ async fn insecure_skip_verify_works_and_is_flagged_in_config() {
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     let tls = &doc["upstreams"][0]["tls"];
     assert_eq!(tls["insecure_skip_verify"], true);
-    assert!(tls["WARNING"].as_str().unwrap().contains("NOT verified"), "{tls}");
+    assert!(
+        tls["WARNING"].as_str().unwrap().contains("NOT verified"),
+        "{tls}"
+    );
     assert!(doc["warnings"][0].as_str().unwrap().contains("INSECURE"));
     drop(dir);
 }
@@ -453,7 +495,11 @@ async fn h2_over_tls_upstream_by_alpn() {
         for _ in 0..3 {
             let reply = get(addr, "svc", "/").await;
             assert_eq!(reply.status, 200, "{protocol}: {}", reply.body);
-            assert!(reply.body.contains("version=HTTP/2.0"), "{protocol}: {}", reply.body);
+            assert!(
+                reply.body.contains("version=HTTP/2.0"),
+                "{protocol}: {}",
+                reply.body
+            );
         }
     }
     // One connection per keel instance: h2 is shared, not one per request.
@@ -493,9 +539,11 @@ async fn certificate_rotation_by_file_replacement_keeps_in_flight_requests() {
     let mut conn = connect(addr, client.clone(), "localhost").await.unwrap();
     assert_eq!(conn.server_cn, "CN=first");
     let in_flight = tokio::spawn(async move { conn.get("/slow", &[]).await });
-    eventually(Duration::from_secs(5), "the slow request reached the app", || async {
-        app.requests() == 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the slow request reached the app",
+        || async { app.requests() == 1 },
+    )
     .await;
 
     // Rotate: key first, then the certificate (each by rename, as Kubernetes does).
@@ -508,17 +556,30 @@ async fn certificate_rotation_by_file_replacement_keeps_in_flight_requests() {
         }
     })
     .await;
-    assert!(!in_flight.is_finished(), "the rotation was seen while the request was in flight");
+    assert!(
+        !in_flight.is_finished(),
+        "the rotation was seen while the request was in flight"
+    );
     let reply = in_flight.await.unwrap().unwrap();
-    assert_eq!(reply.status, 200, "the in-flight request finished on its old session");
+    assert_eq!(
+        reply.status, 200,
+        "the in-flight request finished on its old session"
+    );
 
     // A broken certificate is refused like an invalid config; the last good one keeps serving.
-    dir.replace("tls.crt", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
+    dir.replace(
+        "tls.crt",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
     let admin = keel.admin();
-    eventually(Duration::from_secs(10), "the broken file is reported", || async move {
-        let doc = get(admin, "admin", "/config").await.body;
-        doc.contains("tls.crt") && doc.contains("not valid PEM")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the broken file is reported",
+        || async move {
+            let doc = get(admin, "admin", "/config").await.body;
+            doc.contains("tls.crt") && doc.contains("not valid PEM")
+        },
+    )
     .await;
     let doc = get(admin, "admin", "/config").await.body;
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
@@ -548,15 +609,22 @@ async fn reload_rereads_certificates_even_when_the_config_text_is_unchanged() {
     );
     let keel = spawn_keel_from_file(&dir.path("keel.toml"), &text).await;
     let reloader = keel.running.as_ref().unwrap().reloader().clone();
-    assert_eq!(reloader.reload().await, Ok(keel::reload::ReloadOutcome::Unchanged));
+    assert_eq!(
+        reloader.reload().await,
+        Ok(keel::reload::ReloadOutcome::Unchanged)
+    );
     write_leaf(&dir, "tls", &ca.leaf("two", &["localhost"], &[]));
     assert!(matches!(
         reloader.reload().await,
         Ok(keel::reload::ReloadOutcome::Applied { .. })
     ));
-    let conn = connect(keel.addr("main"), client_config(&ca, None, &[]), "localhost")
-        .await
-        .unwrap();
+    let conn = connect(
+        keel.addr("main"),
+        client_config(&ca, None, &[]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(conn.server_cn, "CN=two");
 }
 
@@ -652,8 +720,16 @@ fn expired_certificates_warn_unless_rejected() {
     let text = listener_toml("127.0.0.1:1".parse().unwrap(), &tls, "", "");
     let config = keel::config::from_str(&with_loopback_admin(&text), "test.toml").unwrap();
     assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
-    assert!(config.warnings[0].contains("expired on 2002-01-01"), "{:?}", config.warnings);
-    assert!(config.warnings[0].starts_with("test.toml:"), "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].contains("expired on 2002-01-01"),
+        "{:?}",
+        config.warnings
+    );
+    assert!(
+        config.warnings[0].starts_with("test.toml:"),
+        "{:?}",
+        config.warnings
+    );
 
     let text = listener_toml(
         "127.0.0.1:1".parse().unwrap(),
@@ -689,8 +765,8 @@ fn sec1_keys_load_as_well_as_pkcs8() {
     };
     keel::config::from_str(&listener(&key), "test.toml").unwrap();
     // PKCS#8 = SEQUENCE { version, algorithm, OCTET STRING { SEC1 ECPrivateKey } }.
-    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(leaf.key_pem.as_bytes())
-        .unwrap();
+    let pkcs8 =
+        rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let (inner, _) = der_element(pkcs8.secret_pkcs8_der());
     let (_, rest) = der_element(inner); // version
     let (_, rest) = der_element(rest); // algorithm
@@ -707,7 +783,11 @@ fn base64_encode(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -718,4 +798,40 @@ fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+#[test]
+fn readme_mtls_example_is_a_valid_config() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Example: mTLS between sidecars")
+        .nth(1)
+        .expect("README has the mTLS example");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .unwrap();
+    let dir = TempDir::new("readme-mtls");
+    let ca = Ca::new("mesh");
+    dir.write("ca.crt", &ca.pem);
+    write_leaf(
+        &dir,
+        "tls",
+        &ca.leaf(
+            "orders",
+            &["orders"],
+            &["spiffe://cluster.local/ns/shop/sa/orders"],
+        ),
+    );
+    let text = example
+        .replace("/etc/keel/tls/", &format!("{}/", dir.0.display()))
+        .replace("0.0.0.0:15006\"", "127.0.0.1:0\"")
+        .replace("127.0.0.1:15001", "127.0.0.1:0");
+    let config = keel::config::from_str(&with_loopback_admin(&text), "README.md")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let inbound = config.listeners[0].tls.as_ref().unwrap();
+    assert!(inbound.require_client_cert);
+    assert!(config.upstreams.iter().any(|u| u.tls.is_some()));
 }

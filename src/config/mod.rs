@@ -180,7 +180,11 @@ pub fn from_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
                 .errors
                 .iter()
                 .map(|w| {
-                    let hint = w.hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default();
+                    let hint = w
+                        .hint
+                        .as_deref()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default();
                     format!("{file}:{}:{}: {}{hint}", w.line, w.column, w.message)
                 })
                 .collect();

@@ -49,8 +49,11 @@ pub(super) fn listener(
     let reject_expired = t.reject_expired.unwrap_or(false);
     let (Some(cert_path), Some(key_path)) = (&t.cert, &t.key) else {
         errors.push(
-            ConfigError::missing(span, format!("listener `{listener}` tls needs `cert` and `key`"))
-                .with_hint("write tls = { cert = \"/etc/keel/tls.crt\", key = \"/etc/keel/tls.key\" }"),
+            ConfigError::missing(
+                span,
+                format!("listener `{listener}` tls needs `cert` and `key`"),
+            )
+            .with_hint("write tls = { cert = \"/etc/keel/tls.crt\", key = \"/etc/keel/tls.key\" }"),
         );
         return None;
     };
@@ -110,8 +113,11 @@ pub(super) fn listener(
         Ok(config) => config,
         Err(e) => {
             errors.push(
-                ConfigError::new(cert_path.span(), format!("cannot use `{}`: {e}", cert_path.get_ref()))
-                    .with_hint("check that the certificate and key are the server's own, in PEM"),
+                ConfigError::new(
+                    cert_path.span(),
+                    format!("cannot use `{}`: {e}", cert_path.get_ref()),
+                )
+                .with_hint("check that the certificate and key are the server's own, in PEM"),
             );
             return None;
         }
@@ -145,7 +151,10 @@ pub(super) fn upstream(
     if !t.enabled.unwrap_or(true) {
         return None;
     }
-    let insecure = t.insecure_skip_verify.as_ref().is_some_and(|i| *i.get_ref());
+    let insecure = t
+        .insecure_skip_verify
+        .as_ref()
+        .is_some_and(|i| *i.get_ref());
     if let Some(flag) = t.insecure_skip_verify.as_ref().filter(|i| *i.get_ref()) {
         errors.push(
             ConfigError::warning(
@@ -155,18 +164,24 @@ pub(super) fn upstream(
             .with_hint("use ca = \"...\" with the upstream's CA instead; keep this for debugging only"),
         );
     }
-    let server_name = t.server_name.as_ref().and_then(|n| {
-        match ServerName::try_from(n.get_ref().as_str()) {
-            Ok(_) => Some(n.get_ref().clone()),
-            Err(_) => {
-                errors.push(
-                    ConfigError::new(n.span(), format!("invalid server name `{}`", n.get_ref()))
-                        .with_hint("a DNS name such as \"payments.svc.cluster.local\" or an IP address"),
-                );
-                None
-            }
-        }
-    });
+    let server_name =
+        t.server_name
+            .as_ref()
+            .and_then(|n| match ServerName::try_from(n.get_ref().as_str()) {
+                Ok(_) => Some(n.get_ref().clone()),
+                Err(_) => {
+                    errors.push(
+                        ConfigError::new(
+                            n.span(),
+                            format!("invalid server name `{}`", n.get_ref()),
+                        )
+                        .with_hint(
+                            "a DNS name such as \"payments.svc.cluster.local\" or an IP address",
+                        ),
+                    );
+                    None
+                }
+            });
     let mut source = Vec::new();
     let roots = match &t.ca {
         Some(ca) => Some(ca_bundle(ca, &mut source, errors)?),
@@ -179,7 +194,12 @@ pub(super) fn upstream(
             let key = private_key(key_path, &mut source, errors);
             let (chain, key) = (chain?, key?);
             let info = leaf_info(&chain);
-            check_expiry(cert_path, info.as_ref(), t.reject_expired.unwrap_or(false), errors);
+            check_expiry(
+                cert_path,
+                info.as_ref(),
+                t.reject_expired.unwrap_or(false),
+                errors,
+            );
             if !key_matches(&chain, &key, cert_path, key_path, errors) {
                 return None;
             }
@@ -204,8 +224,11 @@ pub(super) fn upstream(
         Ok(config) => config,
         Err(e) => {
             errors.push(
-                ConfigError::new(span, format!("cannot build the TLS settings of upstream `{upstream}`: {e}"))
-                    .with_hint("check the certificate files named here"),
+                ConfigError::new(
+                    span,
+                    format!("cannot build the TLS settings of upstream `{upstream}`: {e}"),
+                )
+                .with_hint("check the certificate files named here"),
             );
             return None;
         }
@@ -274,30 +297,47 @@ fn certificates(
         Ok(certs) => certs,
         Err(e) => {
             errors.push(
-                ConfigError::new(path.span(), format!("{what} `{}` is not valid PEM: {e}", path.get_ref()))
-                    .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks"),
+                ConfigError::new(
+                    path.span(),
+                    format!("{what} `{}` is not valid PEM: {e}", path.get_ref()),
+                )
+                .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks"),
             );
             return None;
         }
     };
     if certs.is_empty() {
         errors.push(
-            ConfigError::new(path.span(), format!("{what} file `{}` holds no certificate", path.get_ref()))
-                .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks (PEM), leaf first"),
+            ConfigError::new(
+                path.span(),
+                format!("{what} file `{}` holds no certificate", path.get_ref()),
+            )
+            .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks (PEM), leaf first"),
         );
         return None;
     }
     if let Some(i) = certs.iter().position(|c| x509::parse(c).is_none()) {
         errors.push(
-            ConfigError::new(path.span(), format!("certificate {} in `{}` is not a valid X.509 certificate", i + 1, path.get_ref()))
-                .with_hint("the PEM block decodes, but its contents are not a DER certificate"),
+            ConfigError::new(
+                path.span(),
+                format!(
+                    "certificate {} in `{}` is not a valid X.509 certificate",
+                    i + 1,
+                    path.get_ref()
+                ),
+            )
+            .with_hint("the PEM block decodes, but its contents are not a DER certificate"),
         );
         return None;
     }
     Some(certs)
 }
 
-fn private_key(path: &Str, source: &mut Vec<u8>, errors: &mut Errors) -> Option<PrivateKeyDer<'static>> {
+fn private_key(
+    path: &Str,
+    source: &mut Vec<u8>,
+    errors: &mut Errors,
+) -> Option<PrivateKeyDer<'static>> {
     let bytes = read(path, "private key", source, errors)?;
     match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(key) => Some(key),
@@ -325,16 +365,25 @@ fn ca_bundle(path: &Str, source: &mut Vec<u8>, errors: &mut Errors) -> Option<Ro
         Ok(certs) => certs,
         Err(e) => {
             errors.push(
-                ConfigError::new(path.span(), format!("CA bundle `{}` is not valid PEM: {e}", path.get_ref()))
-                    .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks"),
+                ConfigError::new(
+                    path.span(),
+                    format!("CA bundle `{}` is not valid PEM: {e}", path.get_ref()),
+                )
+                .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks"),
             );
             return None;
         }
     };
     if certs.is_empty() {
         errors.push(
-            ConfigError::new(path.span(), format!("CA bundle `{}` is empty: it holds no certificate", path.get_ref()))
-                .with_hint("an empty bundle would trust nobody; put the CA certificates (PEM) in it"),
+            ConfigError::new(
+                path.span(),
+                format!(
+                    "CA bundle `{}` is empty: it holds no certificate",
+                    path.get_ref()
+                ),
+            )
+            .with_hint("an empty bundle would trust nobody; put the CA certificates (PEM) in it"),
         );
         return None;
     }
@@ -342,8 +391,15 @@ fn ca_bundle(path: &Str, source: &mut Vec<u8>, errors: &mut Errors) -> Option<Ro
     for (i, cert) in certs.into_iter().enumerate() {
         if let Err(e) = roots.add(cert) {
             errors.push(
-                ConfigError::new(path.span(), format!("certificate {} in CA bundle `{}` cannot be a trust anchor: {e}", i + 1, path.get_ref()))
-                    .with_hint("the bundle must hold CA certificates in PEM"),
+                ConfigError::new(
+                    path.span(),
+                    format!(
+                        "certificate {} in CA bundle `{}` cannot be a trust anchor: {e}",
+                        i + 1,
+                        path.get_ref()
+                    ),
+                )
+                .with_hint("the bundle must hold CA certificates in PEM"),
             );
             return None;
         }
@@ -413,8 +469,11 @@ fn key_matches(
         }
         Err(e) => {
             errors.push(
-                ConfigError::new(key_path.span(), format!("cannot use the key in `{}`: {e}", key_path.get_ref()))
-                    .with_hint("keel supports RSA, ECDSA (P-256, P-384) and Ed25519 keys"),
+                ConfigError::new(
+                    key_path.span(),
+                    format!("cannot use the key in `{}`: {e}", key_path.get_ref()),
+                )
+                .with_hint("keel supports RSA, ECDSA (P-256, P-384) and Ed25519 keys"),
             );
             false
         }

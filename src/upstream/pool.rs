@@ -179,8 +179,7 @@ impl tower_service::Service<Uri> for Connector {
                         ))
                     })?;
                     let handshake = tls.connector.connect(server_name, stream);
-                    let stream = match tokio::time::timeout(this.connect_timeout, handshake).await
-                    {
+                    let stream = match tokio::time::timeout(this.connect_timeout, handshake).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(source)) => return Err(fail(source)),
                         Err(_) => {

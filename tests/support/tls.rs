@@ -362,10 +362,8 @@ pub async fn tls_upstream(config: Arc<ServerConfig>) -> TlsUpstream {
                     .unwrap_or_else(|| "-".into());
                 let sni = sni.unwrap_or_else(|| "-".into());
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let mut text = format!(
-                        "version={:?} sni={sni} client={client}\n",
-                        req.version()
-                    );
+                    let mut text =
+                        format!("version={:?} sni={sni} client={client}\n", req.version());
                     for (name, value) in req.headers() {
                         text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
                     }
