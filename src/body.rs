@@ -35,7 +35,7 @@ pub enum ProxyBody {
         /// Paces the body when a `slow_body` fault applies.
         throttle: Option<Throttle>,
         /// The breaker verdict of a gRPC call, given when the trailers arrive.
-        grpc: Option<GrpcVerdict>,
+        grpc: Option<Box<GrpcVerdict>>,
     },
     /// Written by keel (errors, admin); `None` once sent.
     Full(Option<Bytes>),

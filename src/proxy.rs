@@ -687,7 +687,7 @@ async fn forward(
         mark: Some(mark),
         log: None,
         throttle,
-        grpc,
+        grpc: grpc.map(Box::new),
     }))
 }
 
