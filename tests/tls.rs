@@ -835,3 +835,46 @@ fn readme_mtls_example_is_a_valid_config() {
     assert!(inbound.require_client_cert);
     assert!(config.upstreams.iter().any(|u| u.tls.is_some()));
 }
+
+#[tokio::test]
+async fn the_client_identity_is_in_the_access_log() {
+    let dir = TempDir::new("identity-log");
+    let ca = Ca::new("server ca");
+    let clients = Ca::new("client ca");
+    let client_ca = dir.write("clients.pem", &clients.pem);
+    let log = dir.path("access.log");
+    let app = upstream(Behaviour::Respond).await;
+    let tls = format!(
+        "{}, client_ca = {}",
+        server_files(&dir, &ca),
+        toml_path(&client_ca)
+    );
+    let text = format!(
+        "[access_log]\noutput = {}\n{}",
+        toml_path(&log),
+        listener_toml(app.addr, &tls, "", "access_log = true")
+    );
+    let keel = spawn_keel(&text).await;
+    let client = clients.leaf("orders", &[], &["spiffe://cluster/ns/shop/sa/orders"]);
+    let reply = https_get(
+        keel.addr("main"),
+        client_config(&ca, Some(&client), &[b"h2"]),
+        "/logged",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    let mut line = String::new();
+    eventually(Duration::from_secs(10), "the access log line", || {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        std::future::ready(!line.is_empty())
+    })
+    .await;
+    let record: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        record["client_identity"],
+        "spiffe://cluster/ns/shop/sa/orders"
+    );
+    assert_eq!(record["path"], "/logged");
+}

@@ -1,4 +1,5 @@
-//! One client connection: hyper's HTTP/1.1 + h2c server plus keel's own watchdog.
+//! One client connection (plain TCP, or TLS after its handshake): hyper's HTTP/1.1 + h2 server
+//! plus keel's own watchdog.
 //!
 //! hyper's `header_read_timeout` closes the connection without a word and also runs while a
 //! keep-alive connection is idle. keel wants two different clocks: an idle keep-alive connection
