@@ -16,7 +16,9 @@ fn refused_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-async fn call(upstream: &Upstream) -> Result<keel::upstream::CallSuccess, keel::error::ProxyError> {
+async fn call(
+    upstream: &std::sync::Arc<Upstream>,
+) -> Result<keel::upstream::CallSuccess, keel::error::ProxyError> {
     let request = Request::get("/")
         .body(UpstreamBody::Buffered(None))
         .expect("request");

@@ -36,6 +36,25 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -m kubernetes_validate --vers
         echo "warning: pip install kubernetes-validate failed; the manifest schema test will be skipped" >&2
 fi
 
+# TLS is rustls with ring only: neither aws-lc nor OpenSSL may enter the dependency tree
+# (normal, dev and build dependencies alike). `cargo tree -i X` fails with "package ID
+# specification `X` did not match any packages" when X is absent, which is the good case; any
+# other failure of cargo tree is a real error and stops the script.
+step "dependency tree: no aws-lc-sys, no openssl-sys"
+for crate in aws-lc-sys aws-lc-rs openssl-sys openssl; do
+    if out=$(cargo tree -e normal,dev,build --target all -i "$crate" 2>&1); then
+        echo "error: $crate is in the dependency tree; keel's TLS must stay on rustls + ring:" >&2
+        echo "$out" >&2
+        exit 1
+    elif grep -q "did not match any packages" <<<"$out"; then
+        echo "ok: no $crate"
+    else
+        echo "error: cargo tree -i $crate failed:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+done
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

@@ -171,8 +171,51 @@ fn listener_json(config: &Config, l: &ListenerConfig) -> Value {
         "max_header_bytes": l.max_header_bytes,
         "max_headers": l.max_headers,
         "access_log": l.access_log,
+        "tls": l.tls.as_ref().map(|t| json!({
+            "cert": t.cert.display().to_string(),
+            // Private key material never leaves keel; not even its path is shown.
+            "key": REDACTED,
+            "client_ca": t.client_ca.as_ref().map(|p| p.display().to_string()),
+            "require_client_cert": t.require_client_cert,
+            "client_identity_header": t.identity_header.as_str(),
+            "handshake_timeout": secs(t.handshake_timeout),
+            "max_handshakes": t.max_handshakes.get(),
+            "reject_expired": t.reject_expired,
+            "certificate": t.loaded.cert.as_ref().map(cert_json),
+        })),
         "routes": routes,
     })
+}
+
+/// What `/config` shows instead of a secret.
+const REDACTED: &str = "REDACTED";
+
+fn cert_json(c: &crate::x509::CertInfo) -> Value {
+    json!({
+        "subject": c.subject,
+        "dns_names": c.dns_names,
+        "uris": c.uris,
+        "not_before": crate::x509::rfc3339(c.not_before),
+        "not_after": crate::x509::rfc3339(c.not_after),
+        "expired": c.not_after < crate::x509::now_unix(),
+    })
+}
+
+fn upstream_tls_json(t: &crate::config::model::UpstreamTls) -> Value {
+    let mut doc = json!({
+        "server_name": t.server_name,
+        "ca": t.ca.as_ref().map_or_else(|| "webpki-roots (bundled web PKI)".to_owned(), |p| p.display().to_string()),
+        "client_cert": t.client_cert.as_ref().map(|p| p.display().to_string()),
+        "client_key": t.client_key.as_ref().map(|_| REDACTED),
+        "client_certificate": t.loaded.cert.as_ref().map(cert_json),
+        "insecure_skip_verify": t.insecure_skip_verify,
+    });
+    if t.insecure_skip_verify {
+        doc["WARNING"] = json!(
+            "INSECURE: insecure_skip_verify = true; this upstream's certificates are NOT verified"
+        );
+    }
+    doc
 }
 
 fn upstream_config_json(u: &UpstreamConfig) -> Value {
@@ -206,6 +249,7 @@ fn upstream_config_json(u: &UpstreamConfig) -> Value {
             "max_open_for": secs(u.breaker.max_open_for),
             "half_open_probes": u.breaker.half_open_probes,
             "failure_statuses": u.breaker.failure_statuses,
+            "grpc_failure_statuses": u.breaker.grpc_failure_statuses.iter().map(|c| crate::config::grpc_name(*c)).collect::<Vec<_>>(),
         },
         "outlier": {
             "enabled": u.outlier.enabled,
@@ -214,6 +258,8 @@ fn upstream_config_json(u: &UpstreamConfig) -> Value {
             "max_ejection": secs(u.outlier.max_ejection),
             "max_ejected_percent": u.outlier.max_ejected_percent,
         },
+        "protocol": u.protocol.as_str(),
+        "tls": u.tls.as_ref().map(upstream_tls_json),
         "health": u.health.as_ref().map(|h| json!({
             "path": h.path.as_str(),
             "interval": secs(h.interval),
@@ -224,7 +270,9 @@ fn upstream_config_json(u: &UpstreamConfig) -> Value {
     })
 }
 
-/// The effective config after defaults, as `/config` shows it. Credentials in URLs are redacted.
+/// The effective config after defaults, as `/config` shows it. Credentials in URLs and private
+/// key paths are redacted; `insecure_skip_verify` is flagged with a `WARNING` entry and in
+/// `warnings`.
 pub fn config_json(config: &Config) -> Value {
     json!({
         "admin": { "listen": config.admin.listen.to_string() },
@@ -255,6 +303,7 @@ pub fn config_json(config: &Config) -> Value {
         },
         "listeners": config.listeners.iter().map(|l| listener_json(config, l)).collect::<Vec<_>>(),
         "upstreams": config.upstreams.iter().map(upstream_config_json).collect::<Vec<_>>(),
+        "warnings": config.warnings,
     })
 }
 

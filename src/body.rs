@@ -19,6 +19,7 @@ use crate::fault::Throttle;
 use crate::server::conn::RequestMark;
 use crate::telemetry::access_log::PendingRecord;
 use crate::upstream::bulkhead::BulkheadPermit;
+use crate::upstream::GrpcVerdict;
 
 /// A response body.
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub enum ProxyBody {
         log: Option<PendingRecord>,
         /// Paces the body when a `slow_body` fault applies.
         throttle: Option<Throttle>,
+        /// The breaker verdict of a gRPC call, given when the trailers arrive.
+        grpc: Option<Box<GrpcVerdict>>,
     },
     /// Written by keel (errors, admin); `None` once sent.
     Full(Option<Bytes>),
@@ -72,6 +75,7 @@ impl Body for ProxyBody {
                 mark,
                 log,
                 throttle,
+                grpc,
             } => {
                 if let Some(t) = throttle.as_mut().filter(|t| t.has_leftover()) {
                     match t.poll_slice(cx) {
@@ -101,8 +105,19 @@ impl Body for ProxyBody {
                         if let (Some(log), Some(data)) = (log.as_mut(), frame.data_ref()) {
                             log.bytes_out += data.len() as u64;
                         }
+                        if let Some(trailers) = frame.trailers_ref() {
+                            let code = crate::upstream::grpc_status(trailers);
+                            if let Some(verdict) = grpc.take() {
+                                verdict.finish(code);
+                            }
+                            if let Some(log) = log.as_mut() {
+                                log.set_grpc_status(code);
+                            }
+                        }
                     }
                     Poll::Ready(None | Some(Err(_))) => {
+                        // A gRPC body that ended without trailers: no status to judge by.
+                        grpc.take();
                         // Free the slot as soon as the upstream is done, not when hyper drops us.
                         permit.take();
                         mark.take();

@@ -71,6 +71,10 @@ pub enum ProxyError {
     /// Opening a connection failed or took longer than `connect_timeout`.
     #[error("connecting to upstream failed")]
     UpstreamConnect(#[source] BoxError),
+    /// The TLS handshake with the upstream failed (untrusted or wrong-name certificate, refused
+    /// client certificate, no shared protocol).
+    #[error("TLS handshake with upstream failed")]
+    UpstreamTls(#[source] BoxError),
     /// The connection broke before a complete response head arrived.
     #[error("upstream connection failed before the response head")]
     UpstreamReset(#[source] BoxError),
@@ -97,6 +101,7 @@ impl ProxyError {
             ProxyError::FaultReset => StatusCode::BAD_GATEWAY,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -114,6 +119,7 @@ impl ProxyError {
             ProxyError::FaultInjected { .. } | ProxyError::FaultReset => "fault-injected",
             ProxyError::NoEndpoint => "upstream-connect",
             ProxyError::UpstreamConnect(_) => "upstream-connect",
+            ProxyError::UpstreamTls(_) => "upstream-tls",
             ProxyError::UpstreamReset(_) => "upstream-reset",
             ProxyError::UpstreamTimeout(_) => "upstream-timeout",
         }
@@ -133,6 +139,7 @@ impl ProxyError {
             | ProxyError::FaultReset => false,
             ProxyError::NoEndpoint
             | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamTimeout(_) => true,
         }

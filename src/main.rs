@@ -126,6 +126,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &Path) -> ExitCode {
     match keel::config::load(path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                println!("warning: {warning}");
+            }
             println!(
                 "{}: ok: {} listener(s), {} route(s), {} upstream(s)",
                 path.display(),

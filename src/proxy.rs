@@ -184,6 +184,8 @@ pub struct ConnContext {
     pub telemetry: Arc<Telemetry>,
     /// Requests in flight on the listeners of this direction (the drain waits on it).
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the TLS handshake established, on TLS listeners.
+    pub tls: Option<crate::server::tls::TlsInfo>,
 }
 
 /// The instance-wide telemetry sinks the request path writes to.
@@ -255,6 +257,7 @@ pub async fn handle(
             .unwrap_or_default()
     });
     let bytes_in = access_log.map(|_| Arc::new(AtomicU64::new(0)));
+    let grpc_request = crate::upstream::is_grpc(req.headers());
 
     let mut info = RequestInfo::default();
     let result = forward(
@@ -277,11 +280,18 @@ pub async fn handle(
             } else {
                 tracing::debug!(peer = %ctx.peer, error = %err, "request rejected");
             }
-            let response = error_response(&err);
+            let mut response = error_response(&err);
+            if grpc_request {
+                grpc_error_response(&err, &mut response);
+            }
             (response, Some(err))
         }
     };
-    let status = response.status().as_u16();
+    // keel's own answers count with their HTTP status, also when a gRPC client got them as
+    // a trailers-only 200 (so dashboards see a circuit-open as a 503 whatever the protocol).
+    let status = error
+        .as_ref()
+        .map_or(response.status().as_u16(), |e| e.status().as_u16());
     if let Some(metrics) =
         listener_index.and_then(|i| runtime.route_metrics(i, info.route, info.target))
     {
@@ -345,6 +355,14 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned(),
+            // Trailers-only gRPC responses carry it in the head; otherwise the body sets it
+            // when the trailers arrive.
+            grpc_status: crate::upstream::grpc_status(response.headers()),
+            client_identity: ctx
+                .tls
+                .as_ref()
+                .and_then(|t| t.identity.as_deref())
+                .map(str::to_owned),
         });
         let mut pending = PendingRecord::new(record, started, bytes_in, log.clone());
         match response.body_mut() {
@@ -366,6 +384,53 @@ pub async fn handle(
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset by an injected fault")]
 pub struct ResetConnection;
+
+/// Turns keel's error response into a gRPC trailers-only response for a gRPC request: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` mapped from the error (UNAVAILABLE for shed,
+/// open and broken upstreams, DEADLINE_EXCEEDED for timeouts, UNIMPLEMENTED for no route, as
+/// gRPC's HTTP mapping does) and `grpc-message` naming the reason; `keel-error` stays.
+/// gRPC clients then report the real cause instead of failing to parse a text body.
+fn grpc_error_response(err: &ProxyError, response: &mut Response<ProxyBody>) {
+    if response.headers().contains_key("grpc-status") {
+        return; // an injected gRPC abort is already one
+    }
+    let code: u16 = match err {
+        ProxyError::UpstreamTimeout(_) => 4,
+        ProxyError::BodyTooLarge => 8,
+        ProxyError::NoRoute => 12,
+        ProxyError::BadRequest(_) | ProxyError::UriTooLong => 13,
+        ProxyError::BulkheadFull(_)
+        | ProxyError::CircuitOpen { .. }
+        | ProxyError::NoEndpoint
+        | ProxyError::UpstreamConnect(_)
+        | ProxyError::UpstreamTls(_)
+        | ProxyError::UpstreamReset(_)
+        | ProxyError::FaultReset => 14,
+        ProxyError::FaultInjected { status, .. } => match status.as_u16() {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502..=504 => 14,
+            _ => 2,
+        },
+    };
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    );
+    let message = format!("keel: {}", err.reason());
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        headers.insert(HeaderName::from_static("grpc-message"), value);
+    }
+    *response.body_mut() = ProxyBody::empty();
+}
 
 /// keel's response for an error: status, `keel-error` reason, short text body.
 pub fn error_response(err: &ProxyError) -> Response<ProxyBody> {
@@ -422,6 +487,7 @@ fn error_body(reason: &'static str) -> &'static str {
         "circuit-open" => "keel: upstream is failing; circuit breaker open\n",
         "fault-injected" => "keel: fault injected on purpose\n",
         "upstream-connect" => "keel: could not connect to upstream\n",
+        "upstream-tls" => "keel: TLS handshake with upstream failed\n",
         "upstream-reset" => "keel: upstream connection failed\n",
         "upstream-timeout" => "keel: upstream did not answer in time\n",
         _ => "keel: error\n",
@@ -601,6 +667,7 @@ async fn forward(
     let CallSuccess {
         mut response,
         permit,
+        grpc,
         ..
     } = result?;
 
@@ -632,6 +699,7 @@ async fn forward(
         mark: Some(mark),
         log: None,
         throttle,
+        grpc: grpc.map(Box::new),
     }))
 }
 
@@ -701,7 +769,15 @@ fn prepare_request(
     }
     headers.insert(header::HOST, host_value.clone());
     headers.insert(X_FORWARDED_HOST.clone(), host_value);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if ctx.tls.is_some() { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(tls) = &ctx.tls {
+        // Only keel vouches for client identities: a client's own value never reaches the app.
+        headers.remove(&tls.identity_header);
+        if let Some(identity) = &tls.identity_value {
+            headers.insert(tls.identity_header.clone(), identity.clone());
+        }
+    }
     append_forwarded_for(headers, &ctx.peer_ip);
     let request_id = match headers.get(&X_REQUEST_ID) {
         Some(id) => id.clone(),

@@ -13,6 +13,13 @@
 //! The admin and metrics listeners, tracing and the log and access-log outputs are set up at
 //! start: a reload that changes them is refused with a message saying a restart is needed,
 //! rather than applied halfway.
+//!
+//! Certificates, keys and CA bundles are read again on every reload, and the directories that
+//! hold them are watched too (cert-manager and Kubernetes secrets rotate files in place or swap
+//! a symlink), so a rotation is a reload even when the config text is the same. New TLS
+//! handshakes use the new files; established connections keep the session they have. A broken
+//! new file is refused like any invalid config (FILE:LINE:COL of the setting and the PEM
+//! problem), and the previous certificate keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -101,15 +108,29 @@ impl Reloader {
         let mut last_text = self.last_text.lock().await;
         let result = match std::fs::read_to_string(path) {
             Err(e) => Err(format!("{}:1:1: cannot read config: {e}", path.display())),
-            Ok(text) if last_text.as_deref() == Some(text.as_str()) => Ok(ReloadOutcome::Unchanged),
             Ok(text) => match config::from_str(&text, &path.display().to_string()) {
                 Err(errors) => Err(errors.to_string()),
-                Ok(config) => {
-                    let outcome = self.apply(config).await;
-                    if outcome.is_ok() {
-                        *last_text = Some(text);
+                Ok(mut config) => {
+                    let same_text = last_text.as_deref() == Some(text.as_str());
+                    let current = self.runtime.load_full();
+                    if same_text && same_tls_files(&current.config, &config) {
+                        Ok(ReloadOutcome::Unchanged)
+                    } else {
+                        if same_text {
+                            // Only certificate files changed: keep the faults as they were
+                            // loaded (an `expires_in` would otherwise start again).
+                            config.faults = current.config.faults.clone();
+                        }
+                        let warnings = config.warnings.clone();
+                        let outcome = self.apply(config).await;
+                        if outcome.is_ok() {
+                            *last_text = Some(text);
+                            for warning in warnings {
+                                tracing::warn!(%warning, "config warning");
+                            }
+                        }
+                        outcome
                     }
-                    outcome
                 }
             },
         };
@@ -179,6 +200,40 @@ impl Reloader {
     }
 }
 
+/// Whether two configs were built from the same certificate, key and CA files.
+fn same_tls_files(old: &Config, new: &Config) -> bool {
+    let listeners = |c: &Config| -> Vec<_> {
+        c.listeners
+            .iter()
+            .map(|l| l.tls.as_ref().map(|t| t.loaded.clone()))
+            .collect()
+    };
+    let upstreams = |c: &Config| -> Vec<_> {
+        c.upstreams
+            .iter()
+            .map(|u| u.tls.as_ref().map(|t| t.loaded.clone()))
+            .collect()
+    };
+    listeners(old) == listeners(new) && upstreams(old) == upstreams(new)
+}
+
+/// The directories to watch: the config file's and those of every TLS file it names.
+fn watched_dirs(config_path: &Path, config: &Config) -> Vec<PathBuf> {
+    let dir_of = |p: &Path| {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let mut dirs = vec![dir_of(config_path)];
+    for file in config::tls_files(config) {
+        let dir = dir_of(&file);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
 /// Settings bound at start; changing them needs a restart.
 fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -198,15 +253,12 @@ fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
     }
 }
 
-/// Reloads on SIGHUP and when the file changes, until the reloader is dropped.
+/// Reloads on SIGHUP and when the file (or a certificate file it names) changes, until the
+/// reloader is dropped.
 pub fn watch(reloader: &Arc<Reloader>) -> Result<(), String> {
     let Some(path) = reloader.path.clone() else {
         return Ok(());
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -214,12 +266,16 @@ pub fn watch(reloader: &Arc<Reloader>) -> Result<(), String> {
             let _ = tx.try_send(());
         }
     })
-    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    .map_err(|e| format!("cannot watch the config directory: {e}"))?;
+    let mut watched = Vec::new();
+    for dir in watched_dirs(&path, &reloader.runtime.load().config) {
+        notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        watched.push(dir);
+    }
     let weak = Arc::downgrade(reloader);
     tokio::spawn(async move {
-        let _watcher = watcher;
+        let mut watcher = watcher;
         while rx.recv().await.is_some() {
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
@@ -227,6 +283,21 @@ pub fn watch(reloader: &Arc<Reloader>) -> Result<(), String> {
                 return;
             };
             let _ = reloader.reload().await;
+            // A reload may name certificate files in new directories: watch those too.
+            for dir in watched_dirs(&path, &reloader.runtime.load().config) {
+                if !watched.contains(&dir) {
+                    match notify::Watcher::watch(
+                        &mut watcher,
+                        &dir,
+                        notify::RecursiveMode::NonRecursive,
+                    ) {
+                        Ok(()) => watched.push(dir),
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a certificate directory; rotations there need a reload")
+                        }
+                    }
+                }
+            }
         }
     });
     let weak = Arc::downgrade(reloader);

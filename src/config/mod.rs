@@ -9,7 +9,11 @@ mod faults;
 pub mod model;
 pub mod raw;
 mod resilience;
+mod tls;
 mod validate;
+
+pub use resilience::grpc_name;
+pub use tls::files as tls_files;
 
 use std::fmt;
 use std::ops::Range;
@@ -35,6 +39,8 @@ pub struct ConfigError {
     /// A required key is missing from the table at `span`; not reported when that table lost an
     /// entry to an earlier error, which is then the real cause.
     pub missing_key: bool,
+    /// Not an error: reported (by `keel check` and at load) but the config is still valid.
+    pub warning: bool,
 }
 
 impl ConfigError {
@@ -45,6 +51,16 @@ impl ConfigError {
             message: message.into(),
             hint: None,
             missing_key: false,
+            warning: false,
+        }
+    }
+
+    /// Something worth saying that does not make the config invalid (an expired certificate,
+    /// `insecure_skip_verify`).
+    pub fn warning(span: Range<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            warning: true,
+            ..ConfigError::new(span, message)
         }
     }
 
@@ -156,8 +172,24 @@ pub fn from_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let raw: Option<raw::RawConfig> = deserialize_all(text, &mut errors, &mut trimmed_tables);
     let config = raw.and_then(|raw| validate::validate(raw, &mut errors));
     errors.retain(|e| !(e.missing_key && trimmed_tables.contains(&e.span)));
+    let (warnings, errors): (Vec<_>, Vec<_>) = errors.into_iter().partition(|e| e.warning);
     match config {
-        Some(config) if errors.is_empty() => Ok(config),
+        Some(mut config) if errors.is_empty() => {
+            let located = ConfigErrors::new(file, text, warnings);
+            config.warnings = located
+                .errors
+                .iter()
+                .map(|w| {
+                    let hint = w
+                        .hint
+                        .as_deref()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default();
+                    format!("{file}:{}:{}: {}{hint}", w.line, w.column, w.message)
+                })
+                .collect();
+            Ok(config)
+        }
         _ => Err(ConfigErrors::new(file, text, errors)),
     }
 }

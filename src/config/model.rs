@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Faults to inject (refused at start unless allowed).
     pub faults: Vec<FaultConfig>,
+    /// `FILE:LINE:COL: message` lines worth showing that do not make the config invalid
+    /// (expired certificates, `insecure_skip_verify`); logged at load, printed by `keel check`.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -165,8 +169,90 @@ pub struct ListenerConfig {
     pub max_request_body: Option<u64>,
     /// Whether requests on this listener are written to the access log.
     pub access_log: bool,
+    /// TLS termination, when configured.
+    pub tls: Option<ListenerTls>,
     /// Routes in match order.
     pub routes: Vec<RouteConfig>,
+}
+
+/// A rustls config built from PEM files at load, with the bytes it was built from: two loads
+/// are equal when the files are, so a reload can tell that a certificate rotated.
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    /// The built config, shared by every handshake that uses it.
+    pub config: Arc<T>,
+    /// The file contents it came from (certificates, key, CA bundle).
+    pub source: Arc<Vec<u8>>,
+    /// What the leaf certificate says (for `/config` and the expiry warning), if there is one.
+    pub cert: Option<crate::x509::CertInfo>,
+}
+
+impl<T> PartialEq for Loaded<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// `tls = { ... }` of a listener: TLS termination with optional client certificates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to; `None`: no client certificates asked for.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client without a valid certificate fails the handshake.
+    pub require_client_cert: bool,
+    /// Header carrying the verified client identity to the app (stripped from requests).
+    pub identity_header: HeaderName,
+    /// Time a client gets to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// Most handshakes in progress at once; more connections wait in the kernel backlog.
+    pub max_handshakes: NonZeroUsize,
+    /// Whether an expired certificate is an error (else a warning).
+    pub reject_expired: bool,
+    /// The server config built from the files.
+    pub loaded: Loaded<rustls::ServerConfig>,
+}
+
+/// Which HTTP version keel speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: h2 by ALPN over TLS, h2c with prior knowledge without TLS.
+    Http2,
+    /// Over TLS, whatever ALPN picks (h2 preferred); without TLS, HTTP/1.1.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
+}
+
+/// `[upstreams.NAME.tls]`: TLS to an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// SNI and verification name; `None`: each endpoint's configured host.
+    pub server_name: Option<String>,
+    /// CA bundle; `None`: the bundled web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key.
+    pub client_key: Option<PathBuf>,
+    /// Server certificates are not verified (a loud warning at load and in `/config`).
+    pub insecure_skip_verify: bool,
+    /// The client config built from the files (ALPN set from the upstream's protocol).
+    pub loaded: Loaded<rustls::ClientConfig>,
 }
 
 /// How a route matches a host name.
@@ -384,6 +470,8 @@ pub struct BreakerConfig {
     pub half_open_probes: u32,
     /// Statuses that count as failures.
     pub failure_statuses: Vec<u16>,
+    /// gRPC status codes (response header or trailer `grpc-status`) that count as failures.
+    pub grpc_failure_statuses: Vec<u16>,
 }
 
 /// `[upstreams.NAME.outlier]`.
@@ -439,6 +527,10 @@ pub struct UpstreamConfig {
     pub outlier: OutlierConfig,
     /// Active health checks, when configured.
     pub health: Option<HealthConfig>,
+    /// HTTP version towards the upstream.
+    pub protocol: UpstreamProtocol,
+    /// TLS towards the upstream, when enabled.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Defaults of every limit, in one place so docs, validation and tests agree.
@@ -515,6 +607,15 @@ pub mod defaults {
     pub const BREAKER_HALF_OPEN_PROBES: u32 = 3;
     /// Breaker `failure_statuses`.
     pub const BREAKER_FAILURE_STATUSES: [u16; 3] = [502, 503, 504];
+    /// Breaker `grpc_failure_statuses`: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
+    /// RESOURCE_EXHAUSTED (the codes that say the server, not the call, is in trouble).
+    pub const BREAKER_GRPC_FAILURE_STATUSES: [u16; 4] = [14, 4, 13, 8];
+    /// Listener TLS `handshake_timeout`.
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Listener TLS `max_handshakes`.
+    pub const TLS_MAX_HANDSHAKES: usize = 256;
+    /// Listener TLS `client_identity_header`.
+    pub const CLIENT_IDENTITY_HEADER: &str = "x-forwarded-client-cert";
     /// Outlier `consecutive_failures`.
     pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
     /// Outlier `base_ejection`.

@@ -136,9 +136,53 @@ pub struct RawListener {
     pub max_request_body: Option<Str>,
     /// Write an access log line per request.
     pub access_log: Option<bool>,
+    /// `tls = { cert = "...", key = "..." }`: terminate TLS on this listener.
+    pub tls: Option<Spanned<RawListenerTls>>,
     /// `[[listeners.routes]]`, matched in order.
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `tls = { ... }` of a listener: TLS termination, optionally with client certificates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<Str>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<Str>,
+    /// PEM bundle of the CAs that client certificates must chain to (mTLS).
+    pub client_ca: Option<Str>,
+    /// Refuse the handshake of a client without a valid certificate.
+    pub require_client_cert: Option<Spanned<bool>>,
+    /// Header that carries the verified client identity to the app.
+    pub client_identity_header: Option<Str>,
+    /// Time a client gets to complete the TLS handshake.
+    pub handshake_timeout: Option<Str>,
+    /// Most TLS handshakes in progress at once.
+    pub max_handshakes: Option<Int>,
+    /// Refuse an expired certificate instead of warning about it.
+    pub reject_expired: Option<bool>,
+}
+
+/// `[upstreams.NAME.tls]`: TLS to the upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Whether connections to the upstream use TLS (default true when the table is present).
+    pub enabled: Option<bool>,
+    /// SNI and verification name; default: the endpoint's host name.
+    pub server_name: Option<Str>,
+    /// PEM bundle of trusted CAs; default: the bundled web PKI roots.
+    pub ca: Option<Str>,
+    /// PEM client certificate chain for mTLS to the upstream.
+    pub client_cert: Option<Str>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<Str>,
+    /// Accept any server certificate. For debugging only.
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// Refuse an expired client certificate instead of warning about it.
+    pub reject_expired: Option<bool>,
 }
 
 /// One `[[listeners.routes]]` entry.
@@ -286,6 +330,10 @@ pub struct RawUpstream {
     pub outlier: Option<RawOutlier>,
     /// `health = { ... }`: active health checks.
     pub health: Option<Spanned<RawHealth>>,
+    /// `http1` (default), `http2` (h2 by ALPN over TLS, h2c prior knowledge without) or `auto`.
+    pub protocol: Option<Str>,
+    /// `[upstreams.NAME.tls]`: TLS to the upstream.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 /// `[upstreams.NAME.breaker]`.
@@ -314,6 +362,8 @@ pub struct RawBreaker {
     pub half_open_probes: Option<Int>,
     /// Response statuses that count as failures.
     pub failure_statuses: Option<Spanned<Vec<Int>>>,
+    /// gRPC status names (`UNAVAILABLE`, ...) that count as failures.
+    pub grpc_failure_statuses: Option<Spanned<Vec<Str>>>,
 }
 
 /// `[upstreams.NAME.outlier]`.

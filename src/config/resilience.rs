@@ -280,7 +280,35 @@ pub(super) fn breaker(raw: Option<Spanned<raw::RawBreaker>>, errors: &mut Errors
             })
             .collect(),
     };
+    let grpc_failure_statuses = match &b.grpc_failure_statuses {
+        None => defaults::BREAKER_GRPC_FAILURE_STATUSES.to_vec(),
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .filter_map(|s| match grpc_code(s.get_ref()) {
+                Some(code) => Some(code),
+                None => {
+                    let names: Vec<&str> = GRPC_CODES.iter().map(|(n, _)| *n).collect();
+                    let mut hint = format!("gRPC status names: {}", names.join(", "));
+                    if let Some(close) =
+                        super::did_you_mean(&s.get_ref().to_ascii_uppercase(), &names)
+                    {
+                        hint = format!("did you mean `{close}`? {hint}");
+                    }
+                    errors.push(
+                        ConfigError::new(
+                            s.span(),
+                            format!("`{}` is not a gRPC status name", s.get_ref()),
+                        )
+                        .with_hint(hint),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
     BreakerConfig {
+        grpc_failure_statuses,
         enabled: b.enabled.unwrap_or(true),
         consecutive_failures: count(
             b.consecutive_failures.as_ref(),
@@ -324,6 +352,43 @@ pub(super) fn breaker(raw: Option<Spanned<raw::RawBreaker>>, errors: &mut Errors
         ),
         failure_statuses,
     }
+}
+
+/// The canonical gRPC status names and codes.
+pub const GRPC_CODES: [(&str, u16); 17] = [
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("UNKNOWN", 2),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("ALREADY_EXISTS", 6),
+    ("PERMISSION_DENIED", 7),
+    ("RESOURCE_EXHAUSTED", 8),
+    ("FAILED_PRECONDITION", 9),
+    ("ABORTED", 10),
+    ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12),
+    ("INTERNAL", 13),
+    ("UNAVAILABLE", 14),
+    ("DATA_LOSS", 15),
+    ("UNAUTHENTICATED", 16),
+];
+
+/// The code of a gRPC status name (`UNAVAILABLE` → 14).
+fn grpc_code(name: &str) -> Option<u16> {
+    GRPC_CODES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, code)| *code)
+}
+
+/// The name of a gRPC status code, for `/config`.
+pub fn grpc_name(code: u16) -> &'static str {
+    GRPC_CODES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or("UNKNOWN", |(n, _)| n)
 }
 
 /// `[tracing]`.

@@ -143,6 +143,7 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
         errors,
     );
     Some(Config {
+        warnings: Vec::new(),
         faults,
         admin,
         metrics,
@@ -262,7 +263,11 @@ fn validate_listener(
                 .with_hint("add a [[listeners.routes]] entry with upstream = \"NAME\""),
         );
     }
+    let tls = listener
+        .tls
+        .and_then(|t| super::tls::listener(t, &name, errors));
     ListenerConfig {
+        tls,
         name,
         direction,
         listen,
@@ -614,7 +619,13 @@ fn validate_upstreams(
                 &span,
                 errors,
             );
+            let protocol = super::tls::protocol(upstream.protocol.as_ref(), errors);
+            let tls = upstream
+                .tls
+                .and_then(|t| super::tls::upstream(t, name.get_ref(), protocol, errors));
             UpstreamConfig {
+                protocol,
+                tls,
                 balancer,
                 weights,
                 breaker: super::resilience::breaker(upstream.breaker, errors),

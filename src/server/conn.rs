@@ -1,4 +1,5 @@
-//! One client connection: hyper's HTTP/1.1 + h2c server plus keel's own watchdog.
+//! One client connection (plain TCP, or TLS after its handshake): hyper's HTTP/1.1 + h2 server
+//! plus keel's own watchdog.
 //!
 //! hyper's `header_read_timeout` closes the connection without a word and also runs while a
 //! keep-alive connection is idle. keel wants two different clocks: an idle keep-alive connection
@@ -113,12 +114,29 @@ impl Drop for RequestMark {
     }
 }
 
-/// The client's TCP stream, noticing the first byte of each request head and following the
-/// HTTP/1 framing ([`Framing`]). If the watchdog gave up on a head, dropping the stream writes
-/// `408 Request Timeout` before closing; if the framing was refused, `400 Bad Request`.
+/// A client connection keel serves HTTP on: plain TCP, or TLS over TCP.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes `bytes` as the last thing on the connection, without blocking (best effort):
+    /// the 408 sent when the watchdog gives up on a request head, or the 400 for refused framing. Over TLS this encrypts
+    /// them and adds a `close_notify`.
+    fn write_final(&mut self, bytes: &[u8]);
+}
+
+impl ClientStream for TcpStream {
+    fn write_final(&mut self, bytes: &[u8]) {
+        // Nothing was written for this head, so the send buffer has room: a non-blocking
+        // write of a few bytes goes through or, if the peer is gone, fails harmlessly.
+        let _ = self.try_write(bytes);
+    }
+}
+
+/// The client's stream (after TLS, if any), noticing the first byte of each request head and
+/// following the HTTP/1 framing ([`Framing`]). If the watchdog gave up on a head, dropping the
+/// stream writes `408 Request Timeout` before closing; if the framing was refused, `400 Bad
+/// Request`.
 #[derive(Debug)]
-pub struct WatchedStream {
-    stream: TcpStream,
+pub struct WatchedStream<S: ClientStream = TcpStream> {
+    stream: S,
     watch: Arc<ConnWatch>,
     first_read: bool,
     framing: Framing,
@@ -132,19 +150,17 @@ const REQUEST_TIMEOUT_RESPONSE: &[u8] =
 const BAD_FRAMING_RESPONSE: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nkeel-error: bad-request\r\n\r\n";
 
-impl Drop for WatchedStream {
+impl<S: ClientStream> Drop for WatchedStream<S> {
     fn drop(&mut self) {
-        // Nothing was written for this head, so the send buffer has room: a non-blocking write
-        // of a few bytes goes through or, if the peer is gone, fails harmlessly.
         if self.watch.head_timed_out.load(Ordering::Acquire) {
-            let _ = self.stream.try_write(REQUEST_TIMEOUT_RESPONSE);
+            self.stream.write_final(REQUEST_TIMEOUT_RESPONSE);
         } else if self.watch.framing_refused.load(Ordering::Acquire) {
-            let _ = self.stream.try_write(BAD_FRAMING_RESPONSE);
+            self.stream.write_final(BAD_FRAMING_RESPONSE);
         }
     }
 }
 
-impl WatchedStream {
+impl<S: ClientStream> WatchedStream<S> {
     /// Follows the bytes just read; on a violation they are taken back from `buf` and the
     /// read fails, so hyper never sees the rest of the offending message.
     fn follow_framing(&mut self, buf: &mut ReadBuf<'_>, before: usize) -> io::Result<()> {
@@ -179,7 +195,7 @@ impl WatchedStream {
     }
 }
 
-impl AsyncRead for WatchedStream {
+impl<S: ClientStream> AsyncRead for WatchedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -201,7 +217,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<S: ClientStream> AsyncWrite for WatchedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -235,8 +251,12 @@ impl AsyncWrite for WatchedStream {
     }
 }
 
-/// Wraps a fresh client stream whose request heads may be up to `max_head_bytes` long.
-pub fn watch(stream: TcpStream, max_head_bytes: usize) -> (WatchedStream, Arc<ConnWatch>) {
+/// Wraps a fresh client stream (TCP, or TLS after its handshake) whose request heads may be
+/// up to `max_head_bytes` long.
+pub fn watch<S: ClientStream>(
+    stream: S,
+    max_head_bytes: usize,
+) -> (WatchedStream<S>, Arc<ConnWatch>) {
     let watch = ConnWatch::new();
     (
         WatchedStream {

@@ -2,7 +2,8 @@
 //!
 //! A connection takes an owned permit of the listener's connection limit before it is accepted,
 //! so excess clients wait in the kernel backlog instead of costing keel memory. Each connection
-//! runs in its own task under the watchdog of `conn.rs` and is watched for graceful shutdown.
+//! runs in its own task (TLS handshake first, on TLS listeners) under the watchdog of `conn.rs`
+//! and is watched for graceful shutdown.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -17,12 +18,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conn;
+use super::conn::{self, ClientStream};
 use super::shutdown::ShutdownSignal;
-use crate::config::model::ListenerConfig;
+use super::tls::{Negotiated, TlsInfo};
+use crate::config::model::{defaults, ListenerConfig};
 use crate::proxy::{self, ConnContext, Runtime, Telemetry};
 
 /// Most HTTP/2 streams a client may open at once on one connection.
@@ -66,20 +69,29 @@ pub(crate) struct Shared {
 
 /// Accepts connections until `stop` fires, then returns the socket: dropping it refuses new
 /// connections, or a reload hands it to the accept loop of the listener's new settings.
+///
+/// On a TLS listener each connection also takes a handshake slot before it is accepted (so a
+/// flood of half-open handshakes waits in the kernel backlog instead of costing keel memory
+/// and CPU), and the handshake runs in the connection's own task, bounded by
+/// `handshake_timeout`: a slow client never holds up the accept loop. The TLS settings are read
+/// from the current config snapshot per connection, so a reload (or a rotated certificate file)
+/// changes them for new handshakes while established connections keep theirs.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     config: ListenerConfig,
     shared: Shared,
     mut stop: ShutdownSignal,
 ) -> TcpListener {
-    let Shared {
-        runtime,
-        telemetry,
-        graceful,
-        in_flight,
-    } = shared;
-    let builder = http_builder(&config);
+    let builders = Builders {
+        auto: Arc::new(http_builder(&config)),
+        h2: Arc::new(http_builder(&config).http2_only()),
+    };
     let slots = Arc::new(Semaphore::new(config.max_connections.get()));
+    let max_handshakes = config
+        .tls
+        .as_ref()
+        .map_or(defaults::TLS_MAX_HANDSHAKES, |t| t.max_handshakes.get());
+    let handshakes = Arc::new(Semaphore::new(max_handshakes));
     loop {
         let permit = tokio::select! {
             // A connection slot is free.
@@ -89,6 +101,26 @@ pub(crate) async fn accept_loop(
             },
             // Draining, or the listener was removed or changed: stop accepting.
             () = stop.triggered() => return listener,
+        };
+        let tls = shared
+            .runtime
+            .load()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == config.name)
+            .and_then(|l| l.tls.clone());
+        let handshake_slot = match &tls {
+            None => None,
+            Some(_) => tokio::select! {
+                // A handshake slot is free.
+                slot = handshakes.clone().acquire_owned() => match slot {
+                    Ok(slot) => Some(slot),
+                    Err(_) => return listener,
+                },
+                // Draining, or the listener was removed or changed: stop accepting.
+                () = stop.triggered() => return listener,
+            },
         };
         let (stream, peer) = tokio::select! {
             // A client connected (or accept failed, for example out of file descriptors).
@@ -105,32 +137,121 @@ pub(crate) async fn accept_loop(
             () = stop.triggered() => return listener,
         };
         let _ = stream.set_nodelay(true);
-        let (io, watch) = conn::watch(stream, config.max_header_bytes);
-        let ctx = Arc::new(ConnContext {
+        let conn = NewConn {
             listener: config.name.clone(),
-            runtime: runtime.clone(),
+            max_header_bytes: config.max_header_bytes,
             peer,
-            peer_ip: peer_ip_header(peer),
-            watch: watch.clone(),
-            slot: Some(permit),
-            telemetry: telemetry.clone(),
-            in_flight: in_flight.clone(),
-        });
-        let service = service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { proxy::handle(ctx, req).await }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let (header_read_timeout, idle_timeout) = (config.header_read_timeout, config.idle_timeout);
-        tokio::spawn(conn::supervise(
-            connection,
-            watch,
-            header_read_timeout,
-            idle_timeout,
-        ));
+            slot: permit,
+            runtime: shared.runtime.clone(),
+            telemetry: shared.telemetry.clone(),
+            in_flight: shared.in_flight.clone(),
+            watcher: shared.graceful.watcher(),
+            builders: builders.clone(),
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        match tls {
+            None => {
+                tokio::spawn(serve(stream, Negotiated::None, None, conn));
+            }
+            Some(tls) => {
+                let listener_name = config.name.clone();
+                tokio::spawn(async move {
+                    let handshake = super::tls::accept(stream, &tls).await;
+                    drop(handshake_slot);
+                    match handshake {
+                        Ok((stream, negotiated, info)) => {
+                            if let Some(identity) = &info.identity {
+                                tracing::debug!(listener = %listener_name, %peer, client = %identity, "client certificate verified");
+                            }
+                            serve(stream, negotiated, Some(info), conn).await;
+                        }
+                        Err(err) => {
+                            tracing::debug!(listener = %listener_name, %peer, error = %err, "TLS handshake failed");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The HTTP server settings of a listener: auto-detecting (HTTP/1.1 with upgrades, or h2 by
+/// its preface), and h2 only for connections whose ALPN chose `h2`.
+#[derive(Clone)]
+struct Builders {
+    auto: Arc<auto::Builder<TokioExecutor>>,
+    h2: Arc<auto::Builder<TokioExecutor>>,
+}
+
+/// An accepted connection and what serving it needs.
+struct NewConn {
+    /// The listener's name (its settings are looked up in the current config by name).
+    listener: Arc<str>,
+    max_header_bytes: usize,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    // Not the `GracefulShutdown` itself: the drain unwraps its Arc once the accept loop ends.
+    runtime: Arc<ArcSwap<Runtime>>,
+    telemetry: Arc<Telemetry>,
+    in_flight: Arc<AtomicUsize>,
+    watcher: Watcher,
+    builders: Builders,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Serves HTTP on one connection (after its TLS handshake, if any) under the watchdog.
+async fn serve<S: ClientStream>(
+    stream: S,
+    negotiated: Negotiated,
+    tls: Option<TlsInfo>,
+    conn: NewConn,
+) {
+    let NewConn {
+        listener,
+        max_header_bytes,
+        peer,
+        slot,
+        runtime,
+        telemetry,
+        in_flight,
+        watcher,
+        builders,
+        header_read_timeout,
+        idle_timeout,
+    } = conn;
+    let (io, watch) = conn::watch(stream, max_header_bytes);
+    let ctx = Arc::new(ConnContext {
+        listener,
+        runtime,
+        peer,
+        peer_ip: peer_ip_header(peer),
+        watch: watch.clone(),
+        slot: Some(slot),
+        telemetry,
+        in_flight,
+        tls,
+    });
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { proxy::handle(ctx, req).await }
+    });
+    match negotiated {
+        // ALPN chose h2: serve HTTP/2 only (no upgrades exist in h2).
+        Negotiated::H2 => {
+            let connection = builders.h2.serve_connection(TokioIo::new(io), service);
+            let connection = watcher.watch(connection);
+            conn::supervise(connection, watch, header_read_timeout, idle_timeout).await;
+        }
+        // ALPN chose http/1.1, or the client offered none: detect from the first bytes.
+        Negotiated::Http1 | Negotiated::None => {
+            let connection = builders
+                .auto
+                .serve_connection_with_upgrades(TokioIo::new(io), service);
+            let connection = watcher.watch(connection);
+            conn::supervise(connection, watch, header_read_timeout, idle_timeout).await;
+        }
     }
 }
 

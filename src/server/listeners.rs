@@ -83,6 +83,7 @@ fn same_accept_settings(a: &ListenerConfig, b: &ListenerConfig) -> bool {
         && a.idle_timeout == b.idle_timeout
         && a.max_header_bytes == b.max_header_bytes
         && a.max_headers == b.max_headers
+        && a.tls.as_ref().map(|t| t.max_handshakes) == b.tls.as_ref().map(|t| t.max_handshakes)
 }
 
 /// A listener to start: its settings and a bound socket.

@@ -11,6 +11,7 @@ pub mod framing;
 pub mod listener;
 pub mod listeners;
 pub mod shutdown;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -151,6 +152,9 @@ pub async fn start_with(
             source,
         })?;
 
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config warning");
+    }
     let drain_delay = config.shutdown.drain_delay;
     let grace_period = config.shutdown.grace_period;
     let metrics = Arc::new(Metrics::new());

@@ -74,6 +74,10 @@ pub struct AccessRecord {
     pub span_id: String,
     /// `x-request-id`.
     pub request_id: String,
+    /// The gRPC status of a gRPC response (from its trailers, or its head when trailers-only).
+    pub grpc_status: Option<u16>,
+    /// The verified client certificate identity, on TLS listeners with client certificates.
+    pub client_identity: Option<String>,
 }
 
 /// The sending side, cheap to clone.
@@ -150,6 +154,15 @@ impl PendingRecord {
             bytes_in,
             bytes_out: 0,
             log,
+        }
+    }
+}
+
+impl PendingRecord {
+    /// Records the `grpc-status` found in the response trailers.
+    pub fn set_grpc_status(&mut self, code: Option<u16>) {
+        if let (Some(record), Some(code)) = (self.record.as_mut(), code) {
+            record.grpc_status = Some(code);
         }
     }
 }

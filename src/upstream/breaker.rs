@@ -157,6 +157,11 @@ impl Breaker {
         self.config.failure_statuses.contains(&status)
     }
 
+    /// Whether a `grpc-status` code counts as a failure.
+    pub fn is_failure_grpc(&self, code: u16) -> bool {
+        self.config.grpc_failure_statuses.contains(&code)
+    }
+
     /// Decides on a new request; may move Open → HalfOpen when the open time is over.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         if !self.config.enabled {
@@ -346,6 +351,7 @@ mod tests {
             max_open_for: Duration::from_secs(60),
             half_open_probes: 3,
             failure_statuses: defaults::BREAKER_FAILURE_STATUSES.to_vec(),
+            grpc_failure_statuses: defaults::BREAKER_GRPC_FAILURE_STATUSES.to_vec(),
         }
     }
 

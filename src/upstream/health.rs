@@ -1,4 +1,6 @@
 //! Active health checks: `GET path` to every endpoint every `interval`; 2xx is a pass.
+//! Checks go through the upstream's pool, so TLS and HTTP/2 upstreams are checked as they are
+//! called.
 //!
 //! An endpoint turns unhealthy after `unhealthy_after` failed checks in a row and healthy again
 //! after `healthy_after` passes; the balancer skips unhealthy endpoints. Checks never touch the
@@ -10,13 +12,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
-use bytes::Bytes;
-use http::{header, Request};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::uri::Scheme;
+use http::{header, Request, Uri};
+use hyper_util::client::legacy::Client;
 
 use super::balancer::EndpointState;
+use super::pool::Connector;
+use super::retry::UpstreamBody;
 use super::Upstream;
 use crate::config::model::HealthConfig;
 
@@ -30,12 +32,14 @@ pub async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
         let endpoints = up.endpoints();
         let name = up.name.clone();
         let hosts: Vec<String> = up.config.endpoints.iter().map(|e| e.to_string()).collect();
+        let client = up.pool.client.clone();
+        let scheme = up.scheme();
         drop(up);
         for endpoint in endpoints.iter() {
             let host = hosts
                 .get(endpoint.source)
                 .map_or("localhost", String::as_str);
-            let passed = check(endpoint.addr, host, &config).await;
+            let passed = check(&client, &scheme, endpoint.addr, host, &config).await;
             if let Some(healthy) = apply(&endpoint.state, passed, &config) {
                 if healthy {
                     tracing::info!(upstream = %name, endpoint = %endpoint.addr, "endpoint passed its health checks");
@@ -70,22 +74,32 @@ pub fn apply(state: &EndpointState, passed: bool, config: &HealthConfig) -> Opti
     None
 }
 
-/// One check on a fresh connection, bounded by `timeout`.
-async fn check(addr: SocketAddr, host: &str, config: &HealthConfig) -> bool {
+/// One check through the upstream's pool (so it speaks the upstream's TLS and HTTP version,
+/// and an HTTP/2 check shares the multiplexed connection), bounded by `timeout`.
+async fn check(
+    client: &Client<Connector, UpstreamBody>,
+    scheme: &Scheme,
+    addr: SocketAddr,
+    host: &str,
+    config: &HealthConfig,
+) -> bool {
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(addr.to_string())
+            .path_and_query(config.path.clone())
+            .build()
             .ok()?;
-        let driver = tokio::spawn(conn);
-        let request = Request::get(config.path.as_str())
+        let request = Request::get(uri)
             .header(header::HOST, host)
             .header(header::USER_AGENT, "keel-health-check")
-            .body(Empty::<Bytes>::new())
+            .body(UpstreamBody::Buffered(None))
             .ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        driver.abort();
-        Some(response.status().is_success())
+        let response = client.request(request).await.ok()?;
+        let healthy = response.status().is_success();
+        // Read the (small) body so the pooled connection can be reused.
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        Some(healthy)
     };
     matches!(
         tokio::time::timeout(config.timeout, attempt).await,

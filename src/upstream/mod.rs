@@ -16,6 +16,7 @@ pub mod bulkhead;
 pub mod health;
 pub mod pool;
 pub mod retry;
+pub mod tls;
 
 use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
@@ -79,7 +80,8 @@ pub struct Upstream {
     pub metrics: UpstreamMetrics,
     // Held for a few field updates per call; never across an await.
     breaker: Mutex<Breaker>,
-    endpoints: ArcSwap<Vec<Endpoint>>,
+    // Shared with the pool's connector, which maps dialed addresses back to host names.
+    endpoints: Arc<ArcSwap<Vec<Endpoint>>>,
 }
 
 /// What a call needs from its route and request.
@@ -138,6 +140,67 @@ pub struct CallSuccess {
     pub endpoint: SocketAddr,
     /// Attempts made (1 without retries).
     pub attempts: u32,
+    /// For a gRPC response whose `grpc-status` comes in the trailers: the breaker and balancer
+    /// verdict, given when the trailers arrive (see [`GrpcVerdict`]).
+    pub grpc: Option<GrpcVerdict>,
+}
+
+/// The outcome of a gRPC call that is only known at its end: the response head is HTTP 200
+/// and `grpc-status` arrives in the trailers. The response body calls [`GrpcVerdict::finish`]
+/// with that status; the breaker and the endpoint's record are updated then, once. Dropped
+/// without a verdict (the client went away first), it records nothing and gives back a
+/// half-open probe slot it held.
+#[derive(Debug)]
+pub struct GrpcVerdict {
+    upstream: Arc<Upstream>,
+    endpoints: Arc<Vec<Endpoint>>,
+    endpoint: Endpoint,
+    latency: Duration,
+    probe: bool,
+    done: bool,
+}
+
+impl GrpcVerdict {
+    /// Records the call with its final `grpc-status` (a missing one counts as success: the
+    /// HTTP exchange completed and gRPC treats a missing status as an error of the client).
+    pub fn finish(mut self, grpc_status: Option<u16>) {
+        self.done = true;
+        let failed = grpc_status.is_some_and(|code| self.upstream.is_failure_grpc(code));
+        self.upstream.record(
+            &self.endpoints,
+            &self.endpoint,
+            failed,
+            self.latency,
+            self.probe,
+        );
+    }
+}
+
+impl Drop for GrpcVerdict {
+    fn drop(&mut self) {
+        if !self.done && self.probe {
+            if let Ok(mut breaker) = self.upstream.breaker.lock() {
+                breaker.cancel_probe();
+            }
+        }
+    }
+}
+
+/// The `grpc-status` of a header block (response head of a trailers-only response, or
+/// trailers), when present and numeric.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether a response is gRPC (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// Cancels a half-open probe that ends without a verdict (client gone, bulkhead full).
@@ -168,15 +231,16 @@ impl Upstream {
     /// requests get 503 while none resolves.
     pub async fn new(config: UpstreamConfig, metrics: UpstreamMetrics) -> Arc<Self> {
         let endpoints = resolve_all(&config.name, &config.endpoints, &config.weights, &[]).await;
+        let endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
         let upstream = Arc::new(Upstream {
             name: config.name.clone(),
             bulkhead: Bulkhead::new(&config.pool),
-            pool: Pool::new(&config),
+            pool: Pool::new(&config, endpoints.clone()),
             balancer: Balancer::new(config.balancer.clone(), config.outlier.clone()),
             stats: UpstreamStats::default(),
             metrics,
             breaker: Mutex::new(Breaker::new(config.breaker.clone(), Instant::now())),
-            endpoints: ArcSwap::from_pointee(endpoints),
+            endpoints,
             config,
         });
         if upstream
@@ -306,10 +370,26 @@ impl Upstream {
             .unwrap_or(false)
     }
 
+    fn is_failure_grpc(&self, code: u16) -> bool {
+        self.breaker
+            .lock()
+            .map(|b| b.is_failure_grpc(code))
+            .unwrap_or(false)
+    }
+
+    /// The URI scheme of requests to this upstream (`https` with TLS).
+    fn scheme(&self) -> Scheme {
+        if self.config.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        }
+    }
+
     /// Sends a request (origin-form URI, headers prepared) with the upstream's protections and
     /// the route's retry policy.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         req: Request<UpstreamBody>,
         options: CallOptions<'_>,
     ) -> Result<CallSuccess, ProxyError> {
@@ -353,7 +433,7 @@ impl Upstream {
             *request.version_mut() = parts.version;
             *request.headers_mut() = parts.headers.clone();
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
+            uri.scheme = Some(self.scheme());
             uri.authority = Some(endpoint.authority.clone());
             uri.path_and_query = Some(path.clone());
             *request.uri_mut() =
@@ -388,11 +468,33 @@ impl Upstream {
                     Err((ProxyError::UpstreamTimeout(limit), AttemptOutcome::Timeout))
                 }
             };
+            // gRPC: a trailers-only error carries grpc-status in the head; otherwise it comes
+            // in the trailers and the verdict waits for them.
+            let mut grpc = None;
             let failed = match &outcome {
-                Ok(response) => self.is_failure_status(response.status().as_u16()),
+                Ok(response) if self.is_failure_status(response.status().as_u16()) => true,
+                Ok(response) if is_grpc(response.headers()) => {
+                    match grpc_status(response.headers()) {
+                        Some(code) => self.is_failure_grpc(code),
+                        None => {
+                            grpc = Some(GrpcVerdict {
+                                upstream: self.clone(),
+                                endpoints: endpoints.clone(),
+                                endpoint: endpoint.clone(),
+                                latency,
+                                probe: probe.take(),
+                                done: false,
+                            });
+                            false
+                        }
+                    }
+                }
+                Ok(_) => false,
                 Err(_) => true,
             };
-            self.record(&endpoints, endpoint, failed, latency, probe.take());
+            if grpc.is_none() {
+                self.record(&endpoints, endpoint, failed, latency, probe.take());
+            }
             if let Some(cx) = attempt_span {
                 let (status, error) = match &outcome {
                     Ok(response) => (Some(response.status().as_u16()), None),
@@ -447,6 +549,7 @@ impl Upstream {
                     permit,
                     endpoint: endpoint.addr,
                     attempts: attempt,
+                    grpc,
                 }),
                 Err((err, _)) => Err(err),
             };
@@ -454,8 +557,9 @@ impl Upstream {
     }
 }
 
-/// Maps a client error once, by type: connect failures (refused, timed out: never sent) are
-/// `upstream-connect`, everything after the connection was up is `upstream-reset`.
+/// Maps a client error once, by type: TLS handshake failures are `upstream-tls`, other connect
+/// failures (refused, timed out: never sent) are `upstream-connect`, everything after the
+/// connection was up is `upstream-reset`.
 fn classify(err: hyper_util::client::legacy::Error) -> (ProxyError, AttemptOutcome) {
     let mut cause = err.source();
     while let Some(c) = cause {
@@ -472,18 +576,23 @@ fn classify(err: hyper_util::client::legacy::Error) -> (ProxyError, AttemptOutco
         }
         cause = c.source();
     }
-    let connect = err.is_connect() || {
-        let mut source = err.source();
-        let mut found = false;
-        while let Some(s) = source {
-            if s.is::<ConnectError>() {
-                found = true;
-                break;
-            }
-            source = s.source();
+    let mut connect_error = None;
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            connect_error = Some(c);
+            break;
         }
-        found
-    };
+        source = s.source();
+    }
+    if matches!(connect_error, Some(ConnectError::Tls { .. })) {
+        // Never sent: retryable like a connect failure, reported as its own reason.
+        return (
+            ProxyError::UpstreamTls(Box::new(err)),
+            AttemptOutcome::ConnectFailure,
+        );
+    }
+    let connect = err.is_connect() || connect_error.is_some();
     if connect {
         (
             ProxyError::UpstreamConnect(Box::new(err)),

@@ -2,6 +2,8 @@
 //! a small HTTP client, and `eventually` for bounded waiting.
 #![allow(dead_code, missing_docs)]
 
+pub mod tls;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
