@@ -590,7 +590,7 @@ async fn certificate_rotation_by_file_replacement_keeps_in_flight_requests() {
     assert_eq!(still.server_cn, "CN=second");
     let metrics = get(keel.metrics(), "m", "/metrics").await.body;
     assert!(
-        metrics.contains("keel_config_reloads_total{result=\"failure\"}"),
+        metrics.contains("keel_config_reloads_total{result=\"error\"}"),
         "{metrics}"
     );
 }
