@@ -1433,3 +1433,92 @@ async fn bad_chunk_after_the_head_was_forwarded_breaks_the_upload() {
     let mut conn = Conn::open(fx.addr()).await;
     fx.assert_healthy(&mut conn).await;
 }
+
+const CONTINUATION: u8 = 0x9;
+
+/// A header list over `max_header_bytes` in one HEADERS frame is refused and never forwarded.
+#[tokio::test]
+async fn h2_header_list_over_the_limit_is_refused() {
+    let up = upstream(Behaviour::Respond).await;
+    let keel = spawn_keel(&one_route(up.addr, "max_header_bytes = 8192", "")).await;
+    let addr = keel.addr("main");
+    let mut h2 = H2::connect(addr).await;
+    let big = "a".repeat(12 * 1024);
+    let block = request_block("GET", "/", &[("x-big", &big)]);
+    h2.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await;
+    let outcome = h2.outcome(1).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Status(Some(431)) | Outcome::Reset(_) | Outcome::GoAway(_)
+        ),
+        "{outcome:?}"
+    );
+    assert_served_after(addr, &up, 0, "h2 header list over the limit").await;
+}
+
+/// A CONTINUATION flood (one HEADERS without END_HEADERS, then endless CONTINUATION frames)
+/// ends the connection once the header list passes the limit; keel does not buffer it
+/// without bound, and serves other clients.
+#[tokio::test]
+async fn h2_continuation_flood_ends_the_connection() {
+    let up = upstream(Behaviour::Respond).await;
+    let keel = spawn_keel(&one_route(up.addr, "max_header_bytes = 8192", "")).await;
+    let addr = keel.addr("main");
+    let mut h2 = H2::connect(addr).await;
+    let block = request_block("GET", "/", &[]);
+    h2.send(&frame(HEADERS, 0, 1, &block)).await;
+    // 4 KiB fragments of one literal header field, 64 of them: 256 KiB, far over the limit.
+    let mut flood = Vec::new();
+    for i in 0..64u32 {
+        let mut fragment = Vec::new();
+        fragment.push(0x00);
+        hpack_str(&mut fragment, &format!("x-flood-{i}"));
+        hpack_str(&mut fragment, &"b".repeat(4000));
+        flood.extend(frame(CONTINUATION, 0, 1, &fragment));
+    }
+    // keel may close while the flood is still being written: that is the point.
+    let _ = tokio::time::timeout(STEP, h2.stream.write_all(&flood)).await;
+    let mut rest = Vec::new();
+    assert!(
+        read_to_close(&mut h2.stream, &mut rest).await,
+        "keel kept reading the flood instead of closing"
+    );
+    assert_served_after(addr, &up, 0, "h2 CONTINUATION flood").await;
+}
+
+/// Many slowloris clients, each trickling a request head, take connection slots but do not
+/// stop a normal client from being served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_do_not_starve_normal_ones() {
+    let up = upstream(Behaviour::Respond).await;
+    let keel = spawn_keel(&one_route(up.addr, "header_read_timeout = \"5s\"", "")).await;
+    let addr = keel.addr("main");
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: s")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // Keep trickling one byte per connection while normal requests go through.
+    for round in 0..3 {
+        for stream in &mut slow {
+            let _ = stream.write_all(b"v").await;
+        }
+        let started = Instant::now();
+        let reply = tokio::time::timeout(STEP, get(addr, "svc", "/normal"))
+            .await
+            .expect("a normal client was answered in time");
+        assert_eq!(reply.status, 200, "round {round}: {reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: a normal request waited {:?} behind slow clients",
+            started.elapsed()
+        );
+    }
+    assert_eq!(up.requests(), 3, "no trickled head was forwarded");
+}
