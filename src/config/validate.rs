@@ -4,7 +4,7 @@
 //! problem in the file. The caller discards the model when any error was pushed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -464,10 +464,24 @@ fn validate_route(
     }
 }
 
+/// An IPv6 address written bare (`::1`) or in brackets (`[::1]`).
+fn ipv6_literal(text: &str) -> Option<Ipv6Addr> {
+    let inner = match text.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']')?,
+        None => text,
+    };
+    inner.parse().ok()
+}
+
 fn validate_match(m: raw::RawMatch, errors: &mut Errors) -> RouteMatch {
     let host = m.host.and_then(|h| {
         let span = h.span();
         let text = h.into_inner().to_ascii_lowercase();
+        if let Some(ip) = ipv6_literal(&text) {
+            // The router compares the content of an authority's brackets (`[::1]:80` → `::1`);
+            // clients write it in the RFC 5952 form, which is how `Ipv6Addr` displays.
+            return Some(HostMatch::Exact(ip.to_string()));
+        }
         let (pattern, wildcard) = match text.strip_prefix("*.") {
             Some(rest) => (rest, true),
             None => (text.as_str(), false),
@@ -479,7 +493,7 @@ fn validate_match(m: raw::RawMatch, errors: &mut Errors) -> RouteMatch {
         if !ok {
             errors.push(
                 ConfigError::new(span, format!("invalid host pattern `{text}`"))
-                    .with_hint("use a host name such as \"payments\" or \"*.svc.cluster.local\", without port or scheme"),
+                    .with_hint("use a host name such as \"payments\" or \"*.svc.cluster.local\", or an IP address, without port or scheme"),
             );
             return None;
         }
@@ -735,8 +749,29 @@ fn socket_addr(value: Option<&Str>, default: &str, errors: &mut Errors) -> Socke
     }
 }
 
+/// The longest duration any setting takes: one year (humantime's `1y`, 365.25 days).
+///
+/// Every duration ends up in `Instant + Duration` or `SystemTime + Duration` arithmetic
+/// (deadlines, breaker and ejection times with their jitter, fault expiry, the shutdown grace
+/// period), which panics on overflow; a year is far beyond any sensible timeout and far below
+/// the overflow, and it refuses typos such as `"30000000000s"`.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// Parses a duration setting, refusing one longer than [`MAX_DURATION`].
 pub(super) fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duration> {
     match humantime::parse_duration(value.get_ref()) {
+        Ok(d) if d > MAX_DURATION => {
+            errors.push(
+                ConfigError::new(
+                    value.span(),
+                    format!("duration `{}` is longer than 1 year", value.get_ref()),
+                )
+                .with_hint(
+                    "durations may be at most \"1y\"; write, for example, \"30s\" or \"10m\"",
+                ),
+            );
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(
@@ -806,4 +841,77 @@ fn config_route_names(listeners: &[ListenerConfig]) -> Vec<Arc<str>> {
         .iter()
         .flat_map(|l| l.routes.iter().map(|r| r.name.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{from_str, model::HostMatch};
+
+    fn host_match(host: &str) -> Result<Option<HostMatch>, String> {
+        let text = format!(
+            "[[listeners]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+             match = {{ host = \"{host}\" }}\nupstream = \"a\"\n\
+             [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n"
+        );
+        from_str(&text, "t.toml")
+            .map(|mut c| c.listeners.remove(0).routes.remove(0).matcher.host)
+            .map_err(|e| e.to_string())
+    }
+
+    fn minimal_with(extra: &str) -> String {
+        format!(
+            "{extra}\n[[listeners]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nupstream = \"a\"\n\
+             [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n"
+        )
+    }
+
+    /// Found by the `config_structured` fuzz target (minimized: `[shutdown]` with
+    /// `drain_delay = "18446744073709551615s"` was accepted). Every duration is used in
+    /// `Instant`/`SystemTime` arithmetic that panics on overflow, so none may exceed a year.
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        for setting in [
+            "[shutdown]\ndrain_delay = \"18446744073709551615s\"",
+            "[shutdown]\ngrace_period = \"5000y\"",
+            "[shutdown]\ngrace_period = \"1y 1s\"",
+        ] {
+            let err = from_str(&minimal_with(setting), "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert_eq!(err.errors[0].line, 2, "{err}");
+            assert!(err.to_string().contains("longer than 1 year"), "{err}");
+        }
+        let ok = from_str(&minimal_with("[shutdown]\ngrace_period = \"1y\""), "t.toml").unwrap();
+        assert_eq!(ok.shutdown.grace_period, super::MAX_DURATION);
+    }
+
+    /// Found by the `config_structured` fuzz target: a `[[faults]]` entry whose `expires_in`
+    /// overflowed `SystemTime::now() + expires_in` panicked inside the validator, before the
+    /// 7-day limit was reported.
+    #[test]
+    fn fault_with_an_enormous_expires_in_is_an_error_not_a_panic() {
+        for life in ["18446744073709551615s", "300000000000s", "8d"] {
+            let text = minimal_with(&format!("[[faults]]\nabort = 503\nexpires_in = \"{life}\""));
+            let err = from_str(&text, "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{life}: {err}");
+            assert_eq!(err.errors[0].line, 3, "{life}: {err}");
+        }
+    }
+
+    /// The head fuzz target's fixed config routes `::1`, the host the router derives from a
+    /// `[::1]:port` authority; the validator refused every IPv6 pattern, so no route could match
+    /// a request to an IPv6 literal.
+    #[test]
+    fn ipv6_literal_hosts_are_exact_patterns() {
+        let loopback = Some(HostMatch::Exact("::1".into()));
+        assert_eq!(host_match("::1"), Ok(loopback.clone()));
+        assert_eq!(host_match("[::1]"), Ok(loopback));
+        assert_eq!(
+            host_match("FD00:0:0::A"),
+            Ok(Some(HostMatch::Exact("fd00::a".into())))
+        );
+        for bad in ["[::1", "::1]", "[::1]:80", "*.::1", "::g", "fe80::1%eth0"] {
+            assert!(host_match(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
