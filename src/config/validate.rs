@@ -759,31 +759,104 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 /// Parses a duration setting, refusing one longer than [`MAX_DURATION`].
 pub(super) fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duration> {
-    match humantime::parse_duration(value.get_ref()) {
+    let text = value.get_ref();
+    let too_long = |errors: &mut Errors| {
+        errors.push(
+            ConfigError::new(
+                value.span(),
+                format!("duration `{text}` is longer than 1 year"),
+            )
+            .with_hint("durations may be at most \"1y\"; write, for example, \"30s\" or \"10m\""),
+        );
+    };
+    // humantime 2.x panics (`Duration::new` overflow) instead of failing on some texts that add
+    // up to `u64::MAX` seconds, such as "18446744073709551615s 1000ms": such a text never
+    // reaches it.
+    if longer_than(text, MAX_DURATION) {
+        too_long(errors);
+        return None;
+    }
+    match humantime::parse_duration(text) {
         Ok(d) if d > MAX_DURATION => {
-            errors.push(
-                ConfigError::new(
-                    value.span(),
-                    format!("duration `{}` is longer than 1 year", value.get_ref()),
-                )
-                .with_hint(
-                    "durations may be at most \"1y\"; write, for example, \"30s\" or \"10m\"",
-                ),
-            );
+            too_long(errors);
             None
         }
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(
-                ConfigError::new(
-                    value.span(),
-                    format!("invalid duration `{}`: {e}", value.get_ref()),
-                )
-                .with_hint("write a number with a unit, for example \"250ms\", \"5s\" or \"1m\""),
+                ConfigError::new(value.span(), format!("invalid duration `{text}`: {e}"))
+                    .with_hint(
+                        "write a number with a unit, for example \"250ms\", \"5s\" or \"1m\"",
+                    ),
             );
             None
         }
     }
+}
+
+/// Whether `text`, read span by span the way `humantime::parse_duration` reads it (a number,
+/// whitespace allowed between its digits, an optional fraction, a unit), adds up to more than
+/// `limit` before the first span humantime would refuse. Sums in `u128` nanoseconds, saturating,
+/// so it never overflows; fractions count in full, so the sum is never below humantime's.
+fn longer_than(text: &str, limit: Duration) -> bool {
+    let limit = limit.as_nanos();
+    let mut total: u128 = 0;
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut whole: u128 = 0;
+        let mut digits = false;
+        while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || c.is_whitespace()) {
+            if let Some(d) = c.to_digit(10) {
+                whole = whole.saturating_mul(10).saturating_add(d.into());
+                digits = true;
+            }
+        }
+        if !digits {
+            return false;
+        }
+        let (mut numerator, mut denominator) = (0u128, 1u128);
+        if chars.next_if_eq(&'.').is_some() {
+            while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || c.is_whitespace()) {
+                if let Some(d) = c.to_digit(10) {
+                    numerator = numerator.saturating_mul(10).saturating_add(d.into());
+                    denominator = denominator.saturating_mul(10);
+                }
+            }
+        }
+        let mut unit = String::new();
+        while let Some(c) = chars.next_if(|c| c.is_ascii_alphabetic() || *c == 'µ') {
+            unit.push(c);
+        }
+        let Some(unit) = unit_nanos(&unit) else {
+            // humantime refuses the text here, having added only the spans before.
+            return false;
+        };
+        total = total
+            .saturating_add(whole.saturating_mul(unit))
+            .saturating_add(numerator.saturating_mul(unit).div_ceil(denominator));
+        if total > limit {
+            return true;
+        }
+    }
+}
+
+/// Nanoseconds in one of humantime's duration units.
+fn unit_nanos(unit: &str) -> Option<u128> {
+    const S: u128 = 1_000_000_000;
+    Some(match unit {
+        "nanos" | "nsec" | "ns" => 1,
+        "usec" | "us" | "µs" => 1_000,
+        "millis" | "msec" | "ms" => 1_000_000,
+        "seconds" | "second" | "secs" | "sec" | "s" => S,
+        "minutes" | "minute" | "min" | "mins" | "m" => 60 * S,
+        "hours" | "hour" | "hr" | "hrs" | "h" => 3_600 * S,
+        "days" | "day" | "d" => 86_400 * S,
+        "weeks" | "week" | "wk" | "wks" | "w" => 604_800 * S,
+        "months" | "month" | "M" => 2_630_016 * S,
+        "years" | "year" | "yr" | "yrs" | "y" => 31_557_600 * S,
+        _ => return None,
+    })
 }
 
 /// A positive duration.
@@ -883,6 +956,50 @@ mod tests {
         }
         let ok = from_str(&minimal_with("[shutdown]\ngrace_period = \"1y\""), "t.toml").unwrap();
         assert_eq!(ok.shutdown.grace_period, super::MAX_DURATION);
+    }
+
+    /// Found by the `config_structured` fuzz target (second run, after the 1-year limit):
+    /// `outlier.base_ejection = "18446744073709551615s 1000ms"` panicked inside
+    /// `humantime::parse_duration` (`overflow in Duration::new`).
+    #[test]
+    fn durations_that_overflow_inside_humantime_are_errors_not_panics() {
+        for text in [
+            "18446744073709551615s 1000ms",
+            "18446744073709551615s 999ms 1000000ns",
+            "18446744073709551614s 1s 1000000000ns",
+        ] {
+            let setting = format!("[shutdown]\ngrace_period = \"{text}\"");
+            let err = from_str(&minimal_with(&setting), "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert!(err.to_string().contains("longer than 1 year"), "{err}");
+        }
+    }
+
+    /// `longer_than` agrees with humantime on the limit, whatever the spelling.
+    #[test]
+    fn the_one_year_limit_follows_humantime_spelling() {
+        use super::{longer_than, MAX_DURATION};
+        for (text, longer) in [
+            ("1y", false),
+            ("365d 6h", false),
+            ("365.1d", false),
+            ("0.5y 0.5y", false),
+            ("1y 1ns", true),
+            ("365.3d", true),
+            ("1 000 000 000 s", true),
+            ("12M", true),
+            ("31557600000000000ns", false),
+            ("31557600000000001ns", true),
+            ("9999999999999999999999999y", true),
+            ("5xs 99999999999y", false),
+            ("", false),
+            ("s", false),
+        ] {
+            assert_eq!(longer_than(text, MAX_DURATION), longer, "{text:?}");
+            if let Ok(d) = humantime::parse_duration(text) {
+                assert_eq!(d > MAX_DURATION, longer, "{text:?} is {d:?}");
+            }
+        }
     }
 
     /// Found by the `config_structured` fuzz target: a `[[faults]]` entry whose `expires_in`
