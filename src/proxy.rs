@@ -822,14 +822,16 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
 
 /// Removes hop-by-hop headers: `Connection` and every header it names, plus the fixed list of
 /// RFC 9110 §7.6.1 and the de-facto ones (`Keep-Alive`, `Proxy-Connection`).
+///
+/// The `Connection` values are split on the raw bytes: a value that is not visible ASCII (an
+/// obs-text byte in one token) still names the other tokens in it, and they are removed too.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -891,6 +893,25 @@ mod tests {
         h.insert("x-kept", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    /// Found by the `head` fuzz target (minimized: `Connection: \xe1,xa` then `xa:`): a
+    /// `Connection` value with an obs-text byte failed `to_str`, so none of its tokens were
+    /// removed and the field it named was forwarded.
+    #[test]
+    fn connection_value_with_obs_text_still_names_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_bytes(b"keep-\xe1live, x-a").unwrap(),
+        );
+        h.append("connection", HeaderValue::from_bytes(b"\xe1,xa").unwrap());
+        h.insert("x-a", "1".parse().unwrap());
+        h.insert("xa", HeaderValue::from_static(""));
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
 

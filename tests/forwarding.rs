@@ -89,6 +89,34 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
     assert_eq!(up.requests(), 1);
 }
 
+/// Found by the `head` fuzz target: a `Connection` value with a byte outside visible ASCII
+/// (obs-text, which HTTP/1 parsers accept) still names the fields listed in it.
+#[tokio::test]
+async fn connection_value_with_obs_text_still_names_hop_by_hop_fields() {
+    let (keel, up) = echo_keel().await;
+    let req = Request::get("/hop")
+        .header("host", "orders")
+        .header(
+            "connection",
+            http::HeaderValue::from_bytes(b"keep-\xe1live, x-private").unwrap(),
+        )
+        .header("x-private", "1")
+        .header("x-kept", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(keel.addr("main"), req).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = echoed_headers(&reply.body);
+    assert!(values(&seen, "connection").is_empty(), "{}", reply.body);
+    assert!(
+        values(&seen, "x-private").is_empty(),
+        "x-private reached the upstream:\n{}",
+        reply.body
+    );
+    assert_eq!(values(&seen, "x-kept"), ["1"], "{}", reply.body);
+    assert_eq!(up.requests(), 1);
+}
+
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_not_returned() {
     let up = upstream(Behaviour::HopByHopResponse).await;

@@ -65,6 +65,37 @@ async fn routes_by_host_prefix_and_header() {
     assert_eq!((a.requests(), b.requests(), c.requests()), (2, 1, 1));
 }
 
+/// An IPv6 literal route (`::1`, also written `[::1]`) matches a `[::1]:port` authority; the
+/// validator used to refuse every IPv6 pattern, so such a request could never be routed.
+#[tokio::test]
+async fn routes_by_ipv6_literal_host() {
+    let v6 = upstream(Behaviour::Status(201)).await;
+    let other = upstream(Behaviour::Status(200)).await;
+    let keel = spawn_keel(&format!(
+        r#"
+[[listeners]]
+name = "out"
+listen = "127.0.0.1:0"
+  [[listeners.routes]]
+  match = {{ host = "[::1]" }}
+  upstream = "v6"
+  [[listeners.routes]]
+  upstream = "other"
+[upstreams.v6]
+endpoints = ["{}"]
+[upstreams.other]
+endpoints = ["{}"]
+"#,
+        v6.addr, other.addr
+    ))
+    .await;
+    let addr = keel.addr("out");
+    assert_eq!(get(addr, "[::1]:8080", "/").await.status, 201);
+    assert_eq!(get(addr, "[::1]", "/").await.status, 201);
+    assert_eq!(get(addr, "[::2]", "/").await.status, 200);
+    assert_eq!((v6.requests(), other.requests()), (2, 1));
+}
+
 #[tokio::test]
 async fn no_route_is_404_with_reason() {
     let (keel, a, ..) = three_upstreams_keel().await;

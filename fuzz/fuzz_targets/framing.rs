@@ -23,5 +23,8 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[take..];
         step = step % 17 + 1;
     }
-    assert_eq!(whole, pieces, "the verdict depends on how the bytes arrived");
+    assert_eq!(
+        whole, pieces,
+        "the verdict depends on how the bytes arrived"
+    );
 });

@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let (false, Some(authority)) = (several, authority) {
         let host = keel::router::strip_port(authority.as_str());
-        assert!(authority.as_str().contains(host), "strip_port invented a host");
+        assert!(
+            authority.as_str().contains(host),
+            "strip_port invented a host"
+        );
         let got = keel::router::route(routes, host, &parsed.path, &parsed.headers).map(|(i, _)| i);
         let want = head::expected_route(routes, host, &parsed.path, &parsed.headers);
         assert_eq!(got, want, "route for host {host:?} path {:?}", parsed.path);

@@ -39,8 +39,7 @@ pub fn toml_str(s: &str) -> String {
 /// A table key: bare when it may be, quoted otherwise.
 pub fn toml_key(s: &str) -> String {
     let bare = !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if bare {
         s.to_owned()
@@ -425,10 +424,7 @@ impl Fields {
 
     /// One `key = value` line per entry.
     pub fn lines(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}\n"))
-            .collect()
+        self.0.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
     }
 
     /// `{ key = value, ... }`.

@@ -124,7 +124,10 @@ pub fn check_stripped(before: &HeaderMap, after: &HeaderMap) {
         assert!(
             !after.contains_key(name),
             "`{name}` is named in Connection ({:?}) but was forwarded",
-            before.get_all(header::CONNECTION).iter().collect::<Vec<_>>()
+            before
+                .get_all(header::CONNECTION)
+                .iter()
+                .collect::<Vec<_>>()
         );
     }
     for name in before.keys() {
@@ -185,7 +188,12 @@ endpoints = ["127.0.0.1:2"]
 }
 
 /// The first route whose every condition holds, worked out independently of `keel::router`.
-pub fn expected_route(routes: &[RouteConfig], host: &str, path: &str, headers: &HeaderMap) -> Option<usize> {
+pub fn expected_route(
+    routes: &[RouteConfig],
+    host: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<usize> {
     routes.iter().position(|r| {
         let m = &r.matcher;
         let host_ok = match &m.host {
@@ -195,9 +203,15 @@ pub fn expected_route(routes: &[RouteConfig], host: &str, path: &str, headers: &
                 host.len() > s.len() && host.to_ascii_lowercase().ends_with(s.as_str())
             }
         };
-        let path_ok = m.path_prefix.as_ref().is_none_or(|p| path.starts_with(p.as_str()));
+        let path_ok = m
+            .path_prefix
+            .as_ref()
+            .is_none_or(|p| path.starts_with(p.as_str()));
         let header_ok = m.header.as_ref().is_none_or(|(name, value)| {
-            headers.get_all(name).iter().any(|v| v.as_bytes() == value.as_bytes())
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes())
         });
         host_ok && path_ok && header_ok
     })

@@ -75,7 +75,11 @@ pub fn check_config(c: &Config) {
         assert!(w[0].name < w[1].name, "upstreams not sorted by name");
     }
     for u in &c.upstreams {
-        assert!(names.insert(u.name.clone()), "duplicate upstream {}", u.name);
+        assert!(
+            names.insert(u.name.clone()),
+            "duplicate upstream {}",
+            u.name
+        );
         check_upstream(u);
     }
 
@@ -116,7 +120,11 @@ pub fn check_config(c: &Config) {
 
 fn check_upstream(u: &UpstreamConfig) {
     assert!(!u.name.is_empty(), "empty upstream name");
-    assert!(!u.endpoints.is_empty(), "upstream {} without endpoints", u.name);
+    assert!(
+        !u.endpoints.is_empty(),
+        "upstream {} without endpoints",
+        u.name
+    );
     assert_eq!(u.weights.len(), u.endpoints.len(), "weights per endpoint");
     assert!(u.weights.iter().all(|w| *w >= 1), "endpoint weight 0");
     for e in &u.endpoints {
@@ -156,7 +164,11 @@ fn check_listener(l: &ListenerConfig, upstreams: usize) {
     positive("listener idle_timeout", l.idle_timeout);
     let mut route_names = HashSet::new();
     for r in &l.routes {
-        assert!(route_names.insert(r.name.clone()), "duplicate route {}", r.name);
+        assert!(
+            route_names.insert(r.name.clone()),
+            "duplicate route {}",
+            r.name
+        );
         check_route(r, upstreams);
     }
 }
@@ -165,7 +177,10 @@ fn check_route(r: &RouteConfig, upstreams: usize) {
     assert!(r.upstream < upstreams, "route {} upstream index", r.name);
     assert!(!r.targets.is_empty() && r.targets.len() <= 16, "targets");
     assert_eq!(r.targets[0].upstream, r.upstream, "first target");
-    assert!(r.targets.iter().all(|t| t.upstream < upstreams), "target index");
+    assert!(
+        r.targets.iter().all(|t| t.upstream < upstreams),
+        "target index"
+    );
     assert!(r.targets.iter().any(|t| t.weight > 0), "all weights 0");
     if let Some(m) = &r.mirror {
         assert!(m.upstream < upstreams, "mirror index");

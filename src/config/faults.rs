@@ -161,13 +161,16 @@ fn fault(
     let expires_at = match (&f.expires_in, &f.until) {
         (Some(d), None) => {
             let life = duration(Some(d), Duration::from_secs(60), errors);
-            if life > MAX_LIFETIME {
+            let at = Some(life)
+                .filter(|life| *life <= MAX_LIFETIME)
+                .and_then(|life| now.checked_add(life));
+            if at.is_none() {
                 errors.push(
                     ConfigError::new(d.span(), "a fault may live at most 7 days")
                         .with_hint("faults are for experiments; use a shorter expires_in"),
                 );
             }
-            Some(now + life)
+            at
         }
         (None, Some(u)) => match humantime::parse_rfc3339_weak(u.get_ref()) {
             Ok(at) if at > now => Some(at),

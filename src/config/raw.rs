@@ -266,7 +266,7 @@ pub struct RawFault {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
-    /// Exact host or `*.suffix`, port ignored.
+    /// Exact host, `*.suffix` or an IP address (IPv6 bare or in brackets), port ignored.
     pub host: Option<Str>,
     /// Path prefix such as `/api/`.
     pub path_prefix: Option<Str>,

@@ -4,7 +4,7 @@
 //! problem in the file. The caller discards the model when any error was pushed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -469,10 +469,24 @@ fn validate_route(
     }
 }
 
+/// An IPv6 address written bare (`::1`) or in brackets (`[::1]`).
+fn ipv6_literal(text: &str) -> Option<Ipv6Addr> {
+    let inner = match text.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']')?,
+        None => text,
+    };
+    inner.parse().ok()
+}
+
 fn validate_match(m: raw::RawMatch, errors: &mut Errors) -> RouteMatch {
     let host = m.host.and_then(|h| {
         let span = h.span();
         let text = h.into_inner().to_ascii_lowercase();
+        if let Some(ip) = ipv6_literal(&text) {
+            // The router compares the content of an authority's brackets (`[::1]:80` → `::1`);
+            // clients write it in the RFC 5952 form, which is how `Ipv6Addr` displays.
+            return Some(HostMatch::Exact(ip.to_string()));
+        }
         let (pattern, wildcard) = match text.strip_prefix("*.") {
             Some(rest) => (rest, true),
             None => (text.as_str(), false),
@@ -484,7 +498,7 @@ fn validate_match(m: raw::RawMatch, errors: &mut Errors) -> RouteMatch {
         if !ok {
             errors.push(
                 ConfigError::new(span, format!("invalid host pattern `{text}`"))
-                    .with_hint("use a host name such as \"payments\" or \"*.svc.cluster.local\", without port or scheme"),
+                    .with_hint("use a host name such as \"payments\" or \"*.svc.cluster.local\", or an IP address, without port or scheme"),
             );
             return None;
         }
@@ -746,20 +760,114 @@ fn socket_addr(value: Option<&Str>, default: &str, errors: &mut Errors) -> Socke
     }
 }
 
+/// The longest duration any setting takes: one year (humantime's `1y`, 365.25 days).
+///
+/// Every duration ends up in `Instant + Duration` or `SystemTime + Duration` arithmetic
+/// (deadlines, breaker and ejection times with their jitter, fault expiry, the shutdown grace
+/// period), which panics on overflow; a year is far beyond any sensible timeout and far below
+/// the overflow, and it refuses typos such as `"30000000000s"`.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// Parses a duration setting, refusing one longer than [`MAX_DURATION`].
 pub(super) fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duration> {
-    match humantime::parse_duration(value.get_ref()) {
+    let text = value.get_ref();
+    let too_long = |errors: &mut Errors| {
+        errors.push(
+            ConfigError::new(
+                value.span(),
+                format!("duration `{text}` is longer than 1 year"),
+            )
+            .with_hint("durations may be at most \"1y\"; write, for example, \"30s\" or \"10m\""),
+        );
+    };
+    // humantime 2.x panics (`Duration::new` overflow) instead of failing on some texts that add
+    // up to `u64::MAX` seconds, such as "18446744073709551615s 1000ms": such a text never
+    // reaches it.
+    if longer_than(text, MAX_DURATION) {
+        too_long(errors);
+        return None;
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if d > MAX_DURATION => {
+            too_long(errors);
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(
-                ConfigError::new(
-                    value.span(),
-                    format!("invalid duration `{}`: {e}", value.get_ref()),
-                )
-                .with_hint("write a number with a unit, for example \"250ms\", \"5s\" or \"1m\""),
+                ConfigError::new(value.span(), format!("invalid duration `{text}`: {e}"))
+                    .with_hint(
+                        "write a number with a unit, for example \"250ms\", \"5s\" or \"1m\"",
+                    ),
             );
             None
         }
     }
+}
+
+/// Whether `text`, read span by span the way `humantime::parse_duration` reads it (a number,
+/// whitespace allowed between its digits, an optional fraction, a unit), adds up to more than
+/// `limit` before the first span humantime would refuse. Sums in `u128` nanoseconds, saturating,
+/// so it never overflows; fractions count in full, so the sum is never below humantime's.
+fn longer_than(text: &str, limit: Duration) -> bool {
+    let limit = limit.as_nanos();
+    let mut total: u128 = 0;
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut whole: u128 = 0;
+        let mut digits = false;
+        while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || c.is_whitespace()) {
+            if let Some(d) = c.to_digit(10) {
+                whole = whole.saturating_mul(10).saturating_add(d.into());
+                digits = true;
+            }
+        }
+        if !digits {
+            return false;
+        }
+        let (mut numerator, mut denominator) = (0u128, 1u128);
+        if chars.next_if_eq(&'.').is_some() {
+            while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || c.is_whitespace()) {
+                if let Some(d) = c.to_digit(10) {
+                    numerator = numerator.saturating_mul(10).saturating_add(d.into());
+                    denominator = denominator.saturating_mul(10);
+                }
+            }
+        }
+        let mut unit = String::new();
+        while let Some(c) = chars.next_if(|c| c.is_ascii_alphabetic() || *c == 'µ') {
+            unit.push(c);
+        }
+        let Some(unit) = unit_nanos(&unit) else {
+            // humantime refuses the text here, having added only the spans before.
+            return false;
+        };
+        total = total
+            .saturating_add(whole.saturating_mul(unit))
+            .saturating_add(numerator.saturating_mul(unit).div_ceil(denominator));
+        if total > limit {
+            return true;
+        }
+    }
+}
+
+/// Nanoseconds in one of humantime's duration units.
+fn unit_nanos(unit: &str) -> Option<u128> {
+    const S: u128 = 1_000_000_000;
+    Some(match unit {
+        "nanos" | "nsec" | "ns" => 1,
+        "usec" | "us" | "µs" => 1_000,
+        "millis" | "msec" | "ms" => 1_000_000,
+        "seconds" | "second" | "secs" | "sec" | "s" => S,
+        "minutes" | "minute" | "min" | "mins" | "m" => 60 * S,
+        "hours" | "hour" | "hr" | "hrs" | "h" => 3_600 * S,
+        "days" | "day" | "d" => 86_400 * S,
+        "weeks" | "week" | "wk" | "wks" | "w" => 604_800 * S,
+        "months" | "month" | "M" => 2_630_016 * S,
+        "years" | "year" | "yr" | "yrs" | "y" => 31_557_600 * S,
+        _ => return None,
+    })
 }
 
 /// A positive duration.
@@ -817,4 +925,121 @@ fn config_route_names(listeners: &[ListenerConfig]) -> Vec<Arc<str>> {
         .iter()
         .flat_map(|l| l.routes.iter().map(|r| r.name.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{from_str, model::HostMatch};
+
+    fn host_match(host: &str) -> Result<Option<HostMatch>, String> {
+        let text = format!(
+            "[[listeners]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+             match = {{ host = \"{host}\" }}\nupstream = \"a\"\n\
+             [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n"
+        );
+        from_str(&text, "t.toml")
+            .map(|mut c| c.listeners.remove(0).routes.remove(0).matcher.host)
+            .map_err(|e| e.to_string())
+    }
+
+    fn minimal_with(extra: &str) -> String {
+        format!(
+            "{extra}\n[[listeners]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nupstream = \"a\"\n\
+             [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n"
+        )
+    }
+
+    /// Found by the `config_structured` fuzz target (minimized: `[shutdown]` with
+    /// `drain_delay = "18446744073709551615s"` was accepted). Every duration is used in
+    /// `Instant`/`SystemTime` arithmetic that panics on overflow, so none may exceed a year.
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        for setting in [
+            "[shutdown]\ndrain_delay = \"18446744073709551615s\"",
+            "[shutdown]\ngrace_period = \"5000y\"",
+            "[shutdown]\ngrace_period = \"1y 1s\"",
+        ] {
+            let err = from_str(&minimal_with(setting), "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert_eq!(err.errors[0].line, 2, "{err}");
+            assert!(err.to_string().contains("longer than 1 year"), "{err}");
+        }
+        let ok = from_str(&minimal_with("[shutdown]\ngrace_period = \"1y\""), "t.toml").unwrap();
+        assert_eq!(ok.shutdown.grace_period, super::MAX_DURATION);
+    }
+
+    /// Found by the `config_structured` fuzz target (second run, after the 1-year limit):
+    /// `outlier.base_ejection = "18446744073709551615s 1000ms"` panicked inside
+    /// `humantime::parse_duration` (`overflow in Duration::new`).
+    #[test]
+    fn durations_that_overflow_inside_humantime_are_errors_not_panics() {
+        for text in [
+            "18446744073709551615s 1000ms",
+            "18446744073709551615s 999ms 1000000ns",
+            "18446744073709551614s 1s 1000000000ns",
+        ] {
+            let setting = format!("[shutdown]\ngrace_period = \"{text}\"");
+            let err = from_str(&minimal_with(&setting), "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert!(err.to_string().contains("longer than 1 year"), "{err}");
+        }
+    }
+
+    /// `longer_than` agrees with humantime on the limit, whatever the spelling.
+    #[test]
+    fn the_one_year_limit_follows_humantime_spelling() {
+        use super::{longer_than, MAX_DURATION};
+        for (text, longer) in [
+            ("1y", false),
+            ("365d 6h", false),
+            ("365.1d", false),
+            ("0.5y 0.5y", false),
+            ("1y 1ns", true),
+            ("365.3d", true),
+            ("1 000 000 000 s", true),
+            ("12M", true),
+            ("31557600000000000ns", false),
+            ("31557600000000001ns", true),
+            ("9999999999999999999999999y", true),
+            ("5xs 99999999999y", false),
+            ("", false),
+            ("s", false),
+        ] {
+            assert_eq!(longer_than(text, MAX_DURATION), longer, "{text:?}");
+            if let Ok(d) = humantime::parse_duration(text) {
+                assert_eq!(d > MAX_DURATION, longer, "{text:?} is {d:?}");
+            }
+        }
+    }
+
+    /// Found by the `config_structured` fuzz target: a `[[faults]]` entry whose `expires_in`
+    /// overflowed `SystemTime::now() + expires_in` panicked inside the validator, before the
+    /// 7-day limit was reported.
+    #[test]
+    fn fault_with_an_enormous_expires_in_is_an_error_not_a_panic() {
+        for life in ["18446744073709551615s", "300000000000s", "8d"] {
+            let text = minimal_with(&format!("[[faults]]\nabort = 503\nexpires_in = \"{life}\""));
+            let err = from_str(&text, "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{life}: {err}");
+            assert_eq!(err.errors[0].line, 3, "{life}: {err}");
+        }
+    }
+
+    /// The head fuzz target's fixed config routes `::1`, the host the router derives from a
+    /// `[::1]:port` authority; the validator refused every IPv6 pattern, so no route could match
+    /// a request to an IPv6 literal.
+    #[test]
+    fn ipv6_literal_hosts_are_exact_patterns() {
+        let loopback = Some(HostMatch::Exact("::1".into()));
+        assert_eq!(host_match("::1"), Ok(loopback.clone()));
+        assert_eq!(host_match("[::1]"), Ok(loopback));
+        assert_eq!(
+            host_match("FD00:0:0::A"),
+            Ok(Some(HostMatch::Exact("fd00::a".into())))
+        );
+        for bad in ["[::1", "::1]", "[::1]:80", "*.::1", "::g", "fe80::1%eth0"] {
+            assert!(host_match(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
