@@ -194,7 +194,11 @@ def others_cpu(exclude):
             continue
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                text = f.read()
+            # ksoftirqd does the loopback traffic's deferred network work, ours included.
+            if "(ksoftirqd/" in text:
+                continue
+            fields = text.rsplit(")", 1)[1].split()
             out[pid] = sum(int(x) for x in fields[11:15]) / CLK_TCK
         except (OSError, IndexError, ValueError):
             continue
@@ -395,7 +399,8 @@ http {{
 """
 
 
-def nginx_proxy_conf(d, port, upstream):
+def nginx_proxy_conf(d, port, upstream, connections):
+    # worker_connections is preallocated (about 0.5 KiB each): size it for the test at hand.
     return f"""
 worker_processes 1;
 master_process off;
@@ -403,7 +408,7 @@ daemon off;
 pid {d}/nginx-proxy.pid;
 error_log {d}/nginx-proxy-error.log warn;
 worker_rlimit_nofile 65536;
-events {{ worker_connections 30000; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   keepalive_requests 100000000;
@@ -570,7 +575,9 @@ class Bench:
         else:
             log(f"bench: files kept in {self.dir}")
 
-    def start(self, config):
+    def start(self, config, connections=1024):
+        """Starts a proxy pinned to the proxy core; `connections` is the client connections it
+        must hold (nginx preallocates them)."""
         port = free_port()
         if config == "direct":
             return None, self.upstream_port
@@ -585,7 +592,7 @@ class Bench:
         if config == "nginx":
             path = os.path.join(self.dir, "nginx-proxy.conf")
             with open(path, "w") as f:
-                f.write(nginx_proxy_conf(self.dir, port, self.upstream_port))
+                f.write(nginx_proxy_conf(self.dir, port, self.upstream_port, connections + 256))
             return Proc("nginx", ["nginx", "-p", self.dir, "-e", f"{self.dir}/nginx-proxy-error.log", "-c", path], port, self.dir), port
         if config == "haproxy":
             path = os.path.join(self.dir, "haproxy.cfg")
@@ -680,7 +687,7 @@ class Bench:
         a = self.args
         out = {}
         for config in ("keel", "nginx", "haproxy"):
-            proxy, port = self.start(config)
+            proxy, port = self.start(config, connections=a.idle_connections)
             try:
                 time.sleep(1.0)
                 idle = proxy.rss()
@@ -893,6 +900,96 @@ def versions(keel_bin, oha):
     return out
 
 
+def profile(args, keel_bin):
+    """Profiles keel alone under load: where its CPU goes per request."""
+    raise_nofile(65536)
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    bench = Bench(args, keel_bin, None)
+    out = args.out or os.path.join(bench.dir, "profile.txt")
+    path = BODIES[args.profile]
+    try:
+        if args.callgrind:
+            if not have("valgrind"):
+                sys.exit("bench: --callgrind needs valgrind (apt-get install valgrind)")
+            cg = os.path.join(bench.dir, "callgrind.out")
+            real = bench.keel_bin
+            bench.keel_bin = "valgrind"
+            # valgrind in front of keel: Proc runs `valgrind ... keel run --config ...`.
+            proxy, port = None, free_port()
+            admin, metrics = free_port(), free_port()
+            conf = os.path.join(bench.dir, "keel.toml")
+            with open(conf, "w") as f:
+                f.write(keel_conf(port, admin, metrics, bench.upstream_port, bench.dead_port, bench.stuck_port))
+            proxy = Proc("keel", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", "--instr-atstart=no",
+                                  real, "run", "--config", conf], port, bench.dir)
+            bench.keel_bin = real
+            try:
+                http_get(port, path, timeout=30)
+                subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
+                n = args.callgrind
+                conns = 8
+                # wrk cannot stop after N requests; a small Python client sends exactly N.
+                t = time.monotonic()
+                asyncio.run(fixed_requests(port, path, n, conns))
+                log(f"bench: {n} requests under callgrind in {time.monotonic() - t:.1f} s")
+                subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
+            finally:
+                proxy.stop()
+            report_text = subprocess.run(["callgrind_annotate", "--inclusive=no", cg], capture_output=True, text=True).stdout
+            incl = subprocess.run(["callgrind_annotate", "--inclusive=yes", cg], capture_output=True, text=True).stdout
+            with open(out, "w") as f:
+                f.write(f"callgrind, {args.callgrind} requests, body {args.profile}\n\n== self ==\n{report_text}\n\n== inclusive ==\n{incl}")
+            shutil.copy(cg, os.path.splitext(out)[0] + ".callgrind")
+        else:
+            if not have("perf"):
+                sys.exit("bench: --profile needs perf (apt-get install linux-perf)")
+            proxy, port = bench.start("keel")
+            try:
+                wrk(port, path, 2, args.connections, bench.lua)
+                data = os.path.join(bench.dir, "perf.data")
+                rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2999", "-g", "-p", str(proxy.pid), "-o", data],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+                with bench.window(proxy) as w:
+                    r = wrk(port, path, args.duration, args.connections, bench.lua)
+                rec.send_signal(signal.SIGINT)
+                rec.wait(timeout=60)
+                log(f"bench: {r['rps']:,.0f} req/s, keel {w.cpu['proxy'] * 1e6 / r['requests']:.1f} µs/req (perf attached)")
+            finally:
+                proxy.stop()
+            flat = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol", "-g", "none",
+                                   "--percent-limit", "0.3"], capture_output=True, text=True).stdout
+            dso = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso", "-g", "none"],
+                                 capture_output=True, text=True).stdout
+            children = subprocess.run(["perf", "report", "-i", data, "--stdio", "--children", "--sort", "symbol", "-g", "none",
+                                       "--percent-limit", "2"], capture_output=True, text=True).stdout
+            with open(out, "w") as f:
+                f.write(f"perf record -e cpu-clock, body {args.profile}, {r['rps']:,.0f} req/s\n\n== by dso ==\n{dso}\n== self ==\n{flat}\n== inclusive ==\n{children}")
+        log(f"bench: profile written to {out}")
+    finally:
+        bench.close()
+
+
+async def fixed_requests(port, path, n, conns):
+    """Sends exactly n keep-alive GETs over `conns` connections."""
+    left = [n]
+
+    async def worker():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while left[0] > 0:
+            left[0] -= 1
+            writer.write(f"GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+        writer.close()
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(conns))), 600)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
@@ -911,6 +1008,9 @@ def main():
     ap.add_argument("--keel-bin", help="use this keel binary instead of building one")
     ap.add_argument("--out", help="write the markdown report here (default bench/results/DATE.md) and the raw numbers beside it as .json")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory with configs and logs")
+    ap.add_argument("--profile", metavar="BODY", help="instead of the benchmark: profile keel under wrk load with this body (2B or 16KiB) "
+                    "using `perf record` (software clock), or callgrind with --callgrind; writes the report to --out")
+    ap.add_argument("--callgrind", type=int, metavar="N", help="with --profile: run keel under valgrind --tool=callgrind for N requests")
     ap.add_argument("--hold-client", nargs=2, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold_client:
@@ -926,6 +1026,9 @@ def main():
         sys.exit("bench: needs at least 2 CPUs (proxy and upstream on core 0, load generator on core 1)")
 
     ensure_packages()
+    if args.profile:
+        profile(args, build_keel(args))
+        return
     oha = ensure_oha(args)
     keel_bin = build_keel(args)
     nofile = raise_nofile(65536)

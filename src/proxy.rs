@@ -705,8 +705,13 @@ fn prepare_request(
 
 /// 128 random bits as 32 hex digits.
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:016x}{:016x}", random_u64(), random_u64());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let bits = (u128::from(random_u64()) << 64) | u128::from(random_u64());
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
@@ -735,6 +740,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
 /// Removes hop-by-hop headers: `Connection` and every header it names, plus the fixed list of
 /// RFC 9110 §7.6.1 and the de-facto ones (`Keep-Alive`, `Proxy-Connection`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper than eight lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -761,6 +770,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether `name` is one of the fixed hop-by-hop headers (or `Connection`, which names more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection until either side
@@ -804,6 +825,33 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.len(), 32);
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
+        }
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_ones_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "a".parse().unwrap());
+        h.insert("x-one", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key("te"));
     }
 
     #[test]

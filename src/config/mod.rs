@@ -411,7 +411,8 @@ mod tests {
         assert!((1..=2).contains(&config.runtime.worker_threads().get()));
         let three = from_str(&format!("[runtime]\nworker_threads = 3\n{base}"), "t.toml").unwrap();
         assert_eq!(three.runtime.worker_threads().get(), 3);
-        let err = from_str(&format!("[runtime]\nworker_threads = 0\n{base}"), "t.toml").unwrap_err();
+        let err =
+            from_str(&format!("[runtime]\nworker_threads = 0\n{base}"), "t.toml").unwrap_err();
         assert_eq!((err.errors[0].line, err.errors[0].column), (2, 18), "{err}");
     }
 

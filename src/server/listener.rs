@@ -28,16 +28,23 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Most streams a client may reset before keel answers them (rapid-reset defence).
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 50;
 
+/// hyper's HTTP/1 header count limit when none is set (`DEFAULT_MAX_HEADERS` in hyper).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// hyper's server settings for a listener.
 fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .keep_alive(true)
         // keel's watchdog enforces the head deadline (with a 408); hyper's would close silently.
         .header_read_timeout(None)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(config.max_headers);
+        .max_buf_size(config.max_header_bytes.max(8192));
+    // hyper's own limit is 100 headers, parsed into a stack array; an explicit limit, even the
+    // same 100, makes it zero a heap buffer of that size for every request head.
+    if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(config.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
