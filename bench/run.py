@@ -539,6 +539,8 @@ class Bench:
     def __init__(self, args, keel_bin, oha):
         self.args = args
         self.keel_bin = keel_bin
+        # Other keel binaries to compare in the same run, as configurations "keel@NAME".
+        self.variants = {f"keel@{k}": os.path.abspath(v) for k, v in (x.split("=", 1) for x in (args.keel_variants or "").split(",") if x)}
         self.oha = oha
         self.oha_flags = oha_flags(oha) if oha else None
         self.dir = tempfile.mkdtemp(prefix="keel-bench-")
@@ -581,14 +583,15 @@ class Bench:
         port = free_port()
         if config == "direct":
             return None, self.upstream_port
-        if config == "keel":
+        if config == "keel" or config.startswith("keel@"):
+            binary = self.variants.get(config, self.keel_bin)
             admin, metrics = free_port(), free_port()
             path = os.path.join(self.dir, "keel.toml")
             with open(path, "w") as f:
                 f.write(keel_conf(port, admin, metrics, self.upstream_port, self.dead_port, self.stuck_port))
             env = dict(os.environ)
             env.pop("RUST_LOG", None)
-            return Proc("keel", [self.keel_bin, "run", "--config", path], port, self.dir, env=env), port
+            return Proc("keel", [binary, "run", "--config", path], port, self.dir, env=env), port
         if config == "nginx":
             path = os.path.join(self.dir, "nginx-proxy.conf")
             with open(path, "w") as f:
@@ -629,7 +632,7 @@ class Bench:
                 res["latency"] = self.cpu_result(lat, w, proxy)
             if proxy:
                 res["peak_rss"] = proxy.hwm()
-            if config == "keel" and body == "2B" and not a.no_rejections:
+            if config.startswith("keel") and body == "2B" and not a.no_rejections:
                 res["rejections"] = self.rejections(proxy, port)
             return res
         finally:
@@ -686,7 +689,7 @@ class Bench:
         """Idle RSS and RSS with N idle keep-alive client connections, per proxy."""
         a = self.args
         out = {}
-        for config in ("keel", "nginx", "haproxy"):
+        for config in [c for c in self.args.memory_configs if c == "keel" or c.startswith("keel@") or c in ("nginx", "haproxy")]:
             proxy, port = self.start(config, connections=a.idle_connections)
             try:
                 time.sleep(1.0)
@@ -818,7 +821,7 @@ def report(results, memory, meta):
         lat_src = "fixed rate" if meta["oha"] else "wrk, saturation"
         lines.append(f"| config | req/s (× direct) | proxy CPU µs/req | proxy ÷ upstream CPU | upstream CPU µs/req | p50 µs ({lat_src}) | p99 µs | p99.9 µs | added p50 | added p99 | peak RSS MiB |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for config in CONFIGS:
+        for config in meta["configs"]:
             cr = [r for r in rs if r["config"] == config]
             if not cr:
                 continue
@@ -1006,6 +1009,7 @@ def main():
     ap.add_argument("--no-rejections", action="store_true", help="skip the keel rejection CPU part")
     ap.add_argument("--quick", action="store_true", help="1 repetition of 3 s phases, 2,000 idle connections: to try the setup")
     ap.add_argument("--keel-bin", help="use this keel binary instead of building one")
+    ap.add_argument("--keel-variants", metavar="NAME=PATH,...", help="also measure these keel binaries, as configurations keel@NAME (A/B of builds in one run)")
     ap.add_argument("--out", help="write the markdown report here (default bench/results/DATE.md) and the raw numbers beside it as .json")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory with configs and logs")
     ap.add_argument("--profile", metavar="BODY", help="instead of the benchmark: profile keel under wrk load with this body (2B or 16KiB) "
@@ -1022,6 +1026,9 @@ def main():
     bodies = [b for b in args.bodies.split(",") if b]
     if "direct" not in configs:
         configs.insert(0, "direct")
+    for item in (args.keel_variants or "").split(","):
+        if item:
+            configs.append("keel@" + item.split("=", 1)[0])
     if os.cpu_count() < 2:
         sys.exit("bench: needs at least 2 CPUs (proxy and upstream on core 0, load generator on core 1)")
 
@@ -1046,6 +1053,7 @@ def main():
         "reps": args.reps, "duration": args.duration, "connections": args.connections,
         "rate": args.rate, "oha_connections": args.oha_connections, "oha": bool(oha),
         "idle_connections": args.idle_connections,
+        "configs": configs,
         "versions": versions(keel_bin, oha),
         "loadavg_start": os.getloadavg(),
     }
@@ -1053,6 +1061,7 @@ def main():
     per_run = args.warmup + args.duration * (2 if oha else 1) + 2
     total = args.reps * len(bodies) * len(configs) * per_run + (args.reps * (args.duration + 4) if "keel" in configs else 0)
     log(f"bench: about {total // 60 + 1} minutes of measurements")
+    args.memory_configs = [c for c in configs if c != "direct"]
     bench = Bench(args, keel_bin, oha)
     results = []
     memory = {}

@@ -121,10 +121,10 @@ pub(crate) async fn accept_loop(
             telemetry: telemetry.clone(),
             in_flight: in_flight.clone(),
         });
-        let service = service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { proxy::handle(ctx, req).await }
-        });
+        // hyper keeps room for one request future per connection for the connection's whole
+        // life; boxed, that room is a pointer, and an idle keep-alive connection does not hold
+        // the request path's state (about 4 KiB) while it waits.
+        let service = service_fn(move |req| Box::pin(proxy::handle(ctx.clone(), req)));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
