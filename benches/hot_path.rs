@@ -133,7 +133,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("strip_hop_by_hop_request_without_any", |b| {
         b.iter_batched_ref(
             || request.clone(),
-            |h| keel::proxy::strip_hop_by_hop(h),
+            keel::proxy::strip_hop_by_hop,
             criterion::BatchSize::SmallInput,
         )
     });
@@ -141,7 +141,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("strip_hop_by_hop_response_keep_alive", |b| {
         b.iter_batched_ref(
             || response.clone(),
-            |h| keel::proxy::strip_hop_by_hop(h),
+            keel::proxy::strip_hop_by_hop,
             criterion::BatchSize::SmallInput,
         )
     });
