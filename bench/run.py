@@ -168,11 +168,16 @@ def http_get(port, path, timeout=5):
 # /proc readings
 
 
-def proc_cpu(pid):
-    """utime + stime of a process (all its threads), in seconds."""
+def proc_times(pid):
+    """(utime, stime) of a process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu(pid):
+    """utime + stime of a process (all its threads), in seconds."""
+    return sum(proc_times(pid))
 
 
 def proc_status(pid, key):
@@ -224,6 +229,7 @@ class Window:
     def __enter__(self):
         self.t0 = time.monotonic()
         self.cpu0 = {k: proc_cpu(p) for k, p in self.pids.items()}
+        self.sys0 = {k: proc_times(p)[1] for k, p in self.pids.items()}
         self.others0 = others_cpu(self.exclude | set(self.pids.values()))
         self.stat0 = machine_stat()
         self.load0 = os.getloadavg()[0]
@@ -232,6 +238,7 @@ class Window:
     def __exit__(self, *exc):
         self.wall = time.monotonic() - self.t0
         self.cpu = {k: proc_cpu(p) - self.cpu0[k] for k, p in self.pids.items()}
+        self.sys = {k: proc_times(p)[1] - self.sys0[k] for k, p in self.pids.items()}
         others1 = others_cpu(self.exclude | set(self.pids.values()))
         other = 0.0
         for pid, v in others1.items():
@@ -643,8 +650,10 @@ class Bench:
         n = max(load["requests"], 1)
         out = dict(load)
         out["upstream_cpu_us"] = w.cpu["upstream"] * 1e6 / n
+        out["upstream_sys_us"] = w.sys["upstream"] * 1e6 / n
         if proxy:
             out["proxy_cpu_us"] = w.cpu["proxy"] * 1e6 / n
+            out["proxy_sys_us"] = w.sys["proxy"] * 1e6 / n
             out["proxy_over_upstream"] = out["proxy_cpu_us"] / max(out["upstream_cpu_us"], 1e-9)
         out["window"] = w.summary()
         return out
@@ -821,6 +830,7 @@ def report(results, memory, meta):
         lat_src = "fixed rate" if meta["oha"] else "wrk, saturation"
         lines.append(f"| config | req/s (× direct) | proxy CPU µs/req | proxy ÷ upstream CPU | upstream CPU µs/req | p50 µs ({lat_src}) | p99 µs | p99.9 µs | added p50 | added p99 | peak RSS MiB |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        splits = []
         for config in meta["configs"]:
             cr = [r for r in rs if r["config"] == config]
             if not cr:
@@ -845,10 +855,21 @@ def report(results, memory, meta):
             rss = med([r.get("peak_rss") for r in cr])
             flag = " †" if any(r in disturbed for r in cr) else ""
             ratio_s = f"{fmt(rps)} ({fmt(ratio, digits=3)})" if rps else "–"
+            splits.append((config, med([r["saturation"].get("proxy_cpu_us", 0) - r["saturation"].get("proxy_sys_us", 0) for r in cr]) if config != "direct" else None,
+                           med([r["saturation"].get("proxy_sys_us") for r in cr]) if config != "direct" else None,
+                           med([r["saturation"]["upstream_cpu_us"] - r["saturation"]["upstream_sys_us"] for r in cr if "upstream_sys_us" in r["saturation"]]),
+                           med([r["saturation"].get("upstream_sys_us") for r in cr])))
             lines.append(
                 f"| {config}{flag} | {ratio_s} | {fmt(pcpu, digits=1)} | {fmt(pou, digits=2, unit='×')} | {fmt(ucpu, digits=1)} | "
                 f"{fmt(p50)} | {fmt(p99)} | {fmt(p999)} | {fmt(add50, unit=' µs') if add50 else '–'} | "
                 f"{fmt(add99, unit=' µs') if add99 else '–'} | {fmt(rss, digits=1, scale=1 / 2**20) if rss else '–'} |")
+        lines.append("")
+        lines.append(f"CPU per request at saturation ({body}), user and kernel (system) time:")
+        lines.append("")
+        lines.append("| config | proxy user µs/req | proxy system µs/req | upstream user µs/req | upstream system µs/req |")
+        lines.append("|---|---|---|---|---|")
+        for config, pu, ps, uu, us in splits:
+            lines.append(f"| {config} | {fmt(pu, digits=1)} | {fmt(ps, digits=1)} | {fmt(uu, digits=1)} | {fmt(us, digits=1)} |")
         lines.append("")
     rej = [r for r in runs if r.get("rejections")]
     if rej:
