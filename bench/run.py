@@ -1038,6 +1038,10 @@ def main():
     ap.add_argument("--callgrind", type=int, metavar="N", help="with --profile: run keel under valgrind --tool=callgrind for N requests")
     ap.add_argument("--hold-client", nargs=2, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    # The servers run in their own sessions (so a Ctrl-C reaches only the harness): on SIGTERM or
+    # SIGHUP, unwind through the `finally` blocks that stop them instead of dying at once.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     if args.hold_client:
         hold_client(int(args.hold_client[0]), int(args.hold_client[1]))
         return
