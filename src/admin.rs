@@ -297,6 +297,7 @@ pub fn config_json(config: &Config) -> Value {
             "drain_delay": secs(config.shutdown.drain_delay),
             "grace_period": secs(config.shutdown.grace_period),
         },
+        "runtime": { "worker_threads": config.runtime.worker_threads().get() },
         "log": {
             "format": match config.log.format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "level": config.log.level,

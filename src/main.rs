@@ -90,7 +90,8 @@ fn main() -> ExitCode {
                 None => config.log.format,
             };
             init_logging(format, &config.log.level);
-            report(runtime().and_then(|rt| rt.block_on(run(config, path, allow_faults))))
+            let workers = config.runtime.worker_threads();
+            report(runtime(workers).and_then(|rt| rt.block_on(run(config, path, allow_faults))))
         }
         Command::Demo {
             listen,
@@ -100,7 +101,8 @@ fn main() -> ExitCode {
         } => {
             init_logging(LogFormat::Text, "info");
             report(
-                runtime().and_then(|rt| rt.block_on(demo(listen, admin, metrics, upstreams_only))),
+                runtime(keel::config::model::defaults::worker_threads())
+                    .and_then(|rt| rt.block_on(demo(listen, admin, metrics, upstreams_only))),
             )
         }
     }
@@ -116,8 +118,9 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime(workers: std::num::NonZeroUsize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.get())
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -742,6 +742,10 @@ fn is_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
     asks.then(|| upgrade.clone())
 }
 
+/// Headers keel may add to a request: `Host`, three `X-Forwarded-*`, `X-Request-Id`, `TE`,
+/// `Upgrade`, `Connection`, and up to five trace headers.
+const ADDED_HEADERS: usize = 14;
+
 /// Rewrites the request head for the upstream: hop-by-hop headers out, `Host` and the
 /// `X-Forwarded-*` headers in, HTTP/1.1 on the wire.
 fn prepare_request(
@@ -753,6 +757,9 @@ fn prepare_request(
     let host_value = HeaderValue::from_str(authority.as_str())
         .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
     let headers = req.headers_mut();
+    // Room for the forwarding, request-id and trace headers added below and on each attempt:
+    // one growth of the map instead of several.
+    headers.reserve(ADDED_HEADERS);
     let wants_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -793,8 +800,13 @@ fn prepare_request(
 
 /// 128 random bits as 32 hex digits.
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:016x}{:016x}", random_u64(), random_u64());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let bits = (u128::from(random_u64()) << 64) | u128::from(random_u64());
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
@@ -826,12 +838,20 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
 /// The `Connection` values are split on the raw bytes: a value that is not visible ASCII (an
 /// obs-text byte in one token) still names the other tokens in it, and they are removed too.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper than eight lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
+        // `keep-alive`, the token upstreams send on every response, goes with the fixed list
+        // below: skip parsing it into a name.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -851,6 +871,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether `name` is one of the fixed hop-by-hop headers (or `Connection`, which names more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection until either side
@@ -913,6 +945,33 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.len(), 32);
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
+        }
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_ones_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "a".parse().unwrap());
+        h.insert("x-one", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key("te"));
     }
 
     #[test]

@@ -240,8 +240,12 @@ fn check_restart_only(old: &Config, new: &Config) -> Result<(), String> {
     if old.admin != new.admin || old.metrics != new.metrics {
         problems.push("the admin or metrics listener address changed".to_owned());
     }
-    if old.tracing != new.tracing || old.access_log != new.access_log || old.log != new.log {
-        problems.push("[tracing], [access_log] or [log] changed".to_owned());
+    if old.tracing != new.tracing
+        || old.access_log != new.access_log
+        || old.log != new.log
+        || old.runtime != new.runtime
+    {
+        problems.push("[tracing], [access_log], [log] or [runtime] changed".to_owned());
     }
     if problems.is_empty() {
         Ok(())

@@ -435,6 +435,20 @@ mod tests {
     }
 
     #[test]
+    fn runtime_worker_threads_is_at_least_one_and_defaults_to_at_most_two() {
+        let base = "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+                    upstream = \"a\"\n[upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n";
+        let config = from_str(base, "t.toml").unwrap();
+        assert_eq!(config.runtime.worker_threads, None);
+        assert!((1..=2).contains(&config.runtime.worker_threads().get()));
+        let three = from_str(&format!("[runtime]\nworker_threads = 3\n{base}"), "t.toml").unwrap();
+        assert_eq!(three.runtime.worker_threads().get(), 3);
+        let err =
+            from_str(&format!("[runtime]\nworker_threads = 0\n{base}"), "t.toml").unwrap_err();
+        assert_eq!((err.errors[0].line, err.errors[0].column), (2, 18), "{err}");
+    }
+
+    #[test]
     fn syntax_errors_are_located() {
         let err = from_str("[admin\nlisten = 1", "t.toml").unwrap_err();
         assert_eq!(err.errors[0].line, 1);

@@ -26,6 +26,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
     /// Listeners in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams sorted by name.
@@ -105,6 +107,20 @@ pub struct ShutdownConfig {
     pub drain_delay: Duration,
     /// Longest time in-flight requests get to finish after listeners close.
     pub grace_period: Duration,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    /// Worker threads as configured; `None` means [`defaults::worker_threads`].
+    pub worker_threads: Option<NonZeroUsize>,
+}
+
+impl RuntimeConfig {
+    /// The worker thread count to start the runtime with.
+    pub fn worker_threads(&self) -> NonZeroUsize {
+        self.worker_threads.unwrap_or_else(defaults::worker_threads)
+    }
 }
 
 /// How log lines are written.
@@ -536,6 +552,18 @@ pub struct UpstreamConfig {
 /// Defaults of every limit, in one place so docs, validation and tests agree.
 pub mod defaults {
     use std::time::Duration;
+
+    /// Most worker threads keel starts when `[runtime] worker_threads` is not set.
+    pub const MAX_DEFAULT_WORKER_THREADS: usize = 2;
+
+    /// `[runtime] worker_threads` when not set: the CPUs keel may use (the cgroup CPU quota
+    /// counts), at most [`MAX_DEFAULT_WORKER_THREADS`]. A sidecar shares its pod's CPU with the
+    /// app; more threads than that only add context switches.
+    pub fn worker_threads() -> std::num::NonZeroUsize {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        std::num::NonZeroUsize::new(cpus.min(MAX_DEFAULT_WORKER_THREADS))
+            .unwrap_or(std::num::NonZeroUsize::MIN)
+    }
 
     /// Admin listener address.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9900";

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub shutdown: Option<RawShutdown>,
     /// `[log]`: log format and filter.
     pub log: Option<RawLog>,
+    /// `[runtime]`: the async runtime's threads.
+    pub runtime: Option<RawRuntime>,
     /// `[[listeners]]`.
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -98,6 +100,14 @@ pub struct RawShutdown {
     pub drain_delay: Option<Str>,
     /// Longest time in-flight requests get to finish.
     pub grace_period: Option<Str>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Worker threads of the async runtime that serves every listener.
+    pub worker_threads: Option<Int>,
 }
 
 /// `[log]`.

@@ -69,6 +69,12 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
         ),
     };
     let log = validate_log(raw.log.unwrap_or_default(), errors);
+    let runtime = RuntimeConfig {
+        worker_threads: raw
+            .runtime
+            .and_then(|r| r.worker_threads)
+            .map(|n| non_zero(Some(&n), 1, errors)),
+    };
 
     let upstreams = validate_upstreams(raw.upstreams, errors);
     let names: HashMap<&str, usize> = upstreams
@@ -151,6 +157,7 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Config> {
         access_log,
         shutdown,
         log,
+        runtime,
         listeners,
         upstreams,
     })

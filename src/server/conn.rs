@@ -6,8 +6,13 @@
 //! closes quietly after `idle_timeout`; a request head whose first byte arrived must be complete
 //! within `header_read_timeout` (total, not reset by trickled bytes), or the client gets
 //! `408 Request Timeout` and the connection closes. The [`WatchedStream`] notices the first byte
-//! of a head, the proxy marks the head complete ([`RequestMark`]), and [`serve`] sleeps until the
+//! of a head, the proxy marks the head complete ([`RequestMark`]), and [`supervise`] checks the
 //! deadline of the current phase.
+//!
+//! Phase changes cost a request two atomic stores and no wake-up: the supervisor never sleeps
+//! longer than the shorter of the two timeouts ([`ConnWatch::next_check`]), so any deadline a
+//! phase change creates lies after its next check, which then sleeps until that deadline
+//! exactly. An idle or busy connection costs one timer wake-up per that interval instead.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -20,7 +25,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::framing::Framing;
@@ -41,7 +45,6 @@ pub struct ConnWatch {
     in_flight: AtomicU64,
     since_ms: AtomicU64,
     epoch: Instant,
-    wake: Notify,
     head_timed_out: AtomicBool,
     /// The request stream broke HTTP/1 framing rules; answer 400 when the stream drops.
     framing_refused: AtomicBool,
@@ -54,7 +57,6 @@ impl ConnWatch {
             in_flight: AtomicU64::new(0),
             since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            wake: Notify::new(),
             head_timed_out: AtomicBool::new(false),
             framing_refused: AtomicBool::new(false),
         })
@@ -67,7 +69,6 @@ impl ConnWatch {
     fn set_phase(&self, phase: u8) {
         self.since_ms.store(self.now_ms(), Ordering::Release);
         self.phase.store(phase, Ordering::Release);
-        self.wake.notify_one();
     }
 
     /// Called when a request head was parsed: the head clock stops.
@@ -85,6 +86,25 @@ impl ConnWatch {
             watch: self.clone(),
             group: group.clone(),
         }
+    }
+
+    /// When the supervisor looks again: the current phase's deadline, but never later than
+    /// `now` plus the shorter timeout, since a phase change after `now` can create a deadline
+    /// that early (and no sooner). `None` for HTTP/2, whose clocks are h2's own for good.
+    fn next_check(
+        &self,
+        now: Instant,
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Instant> {
+        if self.phase.load(Ordering::Acquire) == H2 {
+            return None;
+        }
+        let step = now + header_read_timeout.min(idle_timeout);
+        Some(match self.deadline(header_read_timeout, idle_timeout) {
+            Some(deadline) => deadline.min(step),
+            None => step,
+        })
     }
 
     fn deadline(&self, header_read_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
@@ -283,7 +303,7 @@ pub async fn supervise<F, E>(
 {
     tokio::pin!(conn);
     loop {
-        let deadline = watch.deadline(header_read_timeout, idle_timeout);
+        let check = watch.next_check(Instant::now(), header_read_timeout, idle_timeout);
         tokio::select! {
             // The connection ended on its own: client closed, error, or graceful shutdown.
             result = &mut conn => {
@@ -292,10 +312,8 @@ pub async fn supervise<F, E>(
                 }
                 return;
             }
-            // A phase changed: recompute the deadline.
-            () = watch.wake.notified() => {}
-            // The current phase's deadline passed (checked again, the phase may have moved on).
-            () = sleep_until_opt(deadline) => {
+            // Time to look at the phase: its deadline may have passed.
+            () = sleep_until_opt(check) => {
                 let now = Instant::now();
                 match (watch.phase.load(Ordering::Acquire), watch.deadline(header_read_timeout, idle_timeout)) {
                     (READING_HEAD, Some(d)) if d <= now => {

@@ -33,16 +33,23 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Most streams a client may reset before keel answers them (rapid-reset defence).
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 50;
 
+/// hyper's HTTP/1 header count limit when none is set (`DEFAULT_MAX_HEADERS` in hyper).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// hyper's server settings for a listener.
 fn http_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .keep_alive(true)
         // keel's watchdog enforces the head deadline (with a 408); hyper's would close silently.
         .header_read_timeout(None)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(config.max_headers);
+        .max_buf_size(config.max_header_bytes.max(8192));
+    // hyper's own limit is 100 headers, parsed into a stack array; an explicit limit, even the
+    // same 100, makes it zero a heap buffer of that size for every request head.
+    if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(config.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -233,10 +240,10 @@ async fn serve<S: ClientStream>(
         in_flight,
         tls,
     });
-    let service = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { proxy::handle(ctx, req).await }
-    });
+    // hyper keeps room for one request future per connection for the connection's whole
+    // life; boxed, that room is a pointer, and an idle keep-alive connection does not hold the
+    // request path's state (about 4 KiB) while it waits.
+    let service = service_fn(move |req| Box::pin(proxy::handle(ctx.clone(), req)));
     match negotiated {
         // ALPN chose h2: serve HTTP/2 only (no upgrades exist in h2).
         Negotiated::H2 => {

@@ -14,8 +14,9 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
@@ -42,15 +43,25 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest flush at shutdown.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
-const TRACE_HEADERS: [&str; 8] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static B3: HeaderName = HeaderName::from_static("b3");
+static X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// Every header a trace context travels in; replaced on the way to the upstream.
+static TRACE_HEADERS: [&HeaderName; 8] = [
+    &TRACEPARENT,
+    &TRACESTATE,
+    &B3,
+    &X_B3_TRACEID,
+    &X_B3_SPANID,
+    &X_B3_PARENTSPANID,
+    &X_B3_SAMPLED,
+    &X_B3_FLAGS,
 ];
 
 /// Which formats to inject, as a small bit set.
@@ -86,19 +97,6 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
     }
 }
 
@@ -317,7 +315,7 @@ fn span_name(method: &Method) -> Cow<'static, str> {
 fn extract(headers: &HeaderMap) -> (Context, Formats) {
     let extractor = HeaderExtractor(headers);
     let parent = Context::new();
-    if headers.contains_key("traceparent") {
+    if headers.contains_key(&TRACEPARENT) {
         let cx = TraceContextPropagator::new().extract_with_context(&parent, &extractor);
         if cx.span().span_context().is_valid() {
             return (cx, Formats(Formats::W3C));
@@ -372,26 +370,72 @@ impl RequestTrace {
     }
 
     /// Replaces the request's trace headers with `attempt`'s context.
+    ///
+    /// Writes what opentelemetry's W3C propagator and the B3 formats would write (W3C: only the
+    /// sampled flag; `tracestate` only when it is not empty), formatted by hand into one buffer
+    /// that every header value shares: no string formatting, one allocation.
     pub fn inject(&self, attempt: &Context, headers: &mut HeaderMap) {
-        for name in TRACE_HEADERS {
-            headers.remove(name);
-        }
-        let mut injector = HeaderInjector(headers);
-        if self.formats.has(Formats::W3C) {
-            TraceContextPropagator::new().inject_context(attempt, &mut injector);
-        }
-        let sc = attempt.span().span_context().clone();
-        if sc.is_valid() {
-            if self.formats.has(Formats::B3_MULTI) {
-                b3::inject_multi(&sc, injector.0);
-            }
-            if self.formats.has(Formats::B3_SINGLE) {
-                b3::inject_single(&sc, injector.0);
+        if headers.keys().any(|name| TRACE_HEADERS.contains(&name)) {
+            for name in TRACE_HEADERS {
+                headers.remove(name);
             }
         }
-        // The W3C propagator writes an empty tracestate; an absent one is the same and tidier.
-        if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
-            headers.remove("tracestate");
+        let span = attempt.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        let w3c = self.formats.has(Formats::W3C);
+        let multi = self.formats.has(Formats::B3_MULTI);
+        let single = self.formats.has(Formats::B3_SINGLE);
+        if !(w3c || multi || single) {
+            return;
+        }
+        // "00-{trace}-{span}-{flags}" (55 bytes), then "{trace}-{span}-{sampled}" (51 bytes) for
+        // the single B3 header. The multi B3 values are slices of the first part.
+        let sampled = sc.is_sampled();
+        let mut buf = BytesMut::with_capacity(TRACEPARENT_LEN + B3_SINGLE_LEN);
+        buf.put_slice(b"00-");
+        put_hex(&mut buf, &sc.trace_id().to_bytes());
+        buf.put_u8(b'-');
+        put_hex(&mut buf, &sc.span_id().to_bytes());
+        buf.put_slice(if sampled { b"-01" } else { b"-00" });
+        if single {
+            put_hex(&mut buf, &sc.trace_id().to_bytes());
+            buf.put_u8(b'-');
+            put_hex(&mut buf, &sc.span_id().to_bytes());
+            buf.put_slice(if sampled { b"-1" } else { b"-0" });
+        }
+        let buf = buf.freeze();
+        let value =
+            |range: std::ops::Range<usize>| HeaderValue::from_maybe_shared(buf.slice(range)).ok();
+        if w3c {
+            if let Some(v) = value(0..TRACEPARENT_LEN) {
+                headers.insert(TRACEPARENT.clone(), v);
+            }
+            let state = sc.trace_state().header();
+            if !state.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&state) {
+                    headers.insert(TRACESTATE.clone(), v);
+                }
+            }
+        }
+        if multi {
+            if let Some(v) = value(3..35) {
+                headers.insert(X_B3_TRACEID.clone(), v);
+            }
+            if let Some(v) = value(36..52) {
+                headers.insert(X_B3_SPANID.clone(), v);
+            }
+            headers.insert(
+                X_B3_SAMPLED.clone(),
+                HeaderValue::from_static(if sampled { "1" } else { "0" }),
+            );
+        }
+        if single {
+            if let Some(v) = value(TRACEPARENT_LEN..TRACEPARENT_LEN + B3_SINGLE_LEN) {
+                headers.insert(B3.clone(), v);
+            }
         }
     }
 
@@ -412,6 +456,20 @@ impl RequestTrace {
             }
         }
         span.end();
+    }
+}
+
+/// Length of a `traceparent` value: `00-` + 32 + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
+/// Length of a single `b3` value as keel writes it: 32 + `-` + 16 + `-` + 1.
+const B3_SINGLE_LEN: usize = 51;
+
+/// Appends `bytes` as lowercase hex.
+fn put_hex(buf: &mut BytesMut, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        buf.put_u8(HEX[usize::from(b >> 4)]);
+        buf.put_u8(HEX[usize::from(b & 0xf)]);
     }
 }
 
@@ -474,7 +532,7 @@ mod b3 {
         SpanContext::new(trace, span, flags, true, TraceState::default())
     }
 
-    fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -483,7 +541,7 @@ mod b3 {
 
     /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`.
     pub(super) fn extract_single(headers: &HeaderMap) -> Option<SpanContext> {
-        let mut parts = header(headers, "b3")?.split('-');
+        let mut parts = header(headers, &B3)?.split('-');
         let trace = trace_id(parts.next()?)?;
         let span = span_id(parts.next()?)?;
         Some(context(trace, span, sampled(parts.next())))
@@ -491,22 +549,25 @@ mod b3 {
 
     /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags: 1` (debug, implies sampled).
     pub(super) fn extract_multi(headers: &HeaderMap) -> Option<SpanContext> {
-        let trace = trace_id(header(headers, "x-b3-traceid")?)?;
-        let span = span_id(header(headers, "x-b3-spanid")?)?;
-        let flags = if header(headers, "x-b3-flags") == Some("1") {
+        let trace = trace_id(header(headers, &X_B3_TRACEID)?)?;
+        let span = span_id(header(headers, &X_B3_SPANID)?)?;
+        let flags = if header(headers, &X_B3_FLAGS) == Some("1") {
             TraceFlags::SAMPLED
         } else {
-            sampled(header(headers, "x-b3-sampled"))
+            sampled(header(headers, &X_B3_SAMPLED))
         };
         Some(context(trace, span, flags))
     }
 
+    #[cfg(test)]
     fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     }
 
+    /// The reference form of the multi-header injection (`RequestTrace::inject` writes the same).
+    #[cfg(test)]
     pub(super) fn inject_multi(sc: &SpanContext, headers: &mut HeaderMap) {
         set(headers, "x-b3-traceid", sc.trace_id().to_string());
         set(headers, "x-b3-spanid", sc.span_id().to_string());
@@ -517,6 +578,8 @@ mod b3 {
         );
     }
 
+    /// The reference form of the single-header injection.
+    #[cfg(test)]
     pub(super) fn inject_single(sc: &SpanContext, headers: &mut HeaderMap) {
         let flag = if sc.is_sampled() { 1 } else { 0 };
         set(
@@ -572,5 +635,91 @@ mod b3 {
             bad.insert("b3", "xyz-1".parse().unwrap());
             assert!(extract_single(&bad).is_none());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// What the W3C propagator and the B3 reference functions write for `sc`.
+    fn reference(sc: &SpanContext, formats: Formats) -> HashMap<String, String> {
+        let cx = Context::new().with_remote_span_context(sc.clone());
+        let mut out: HashMap<String, String> = HashMap::new();
+        if formats.has(Formats::W3C) {
+            TraceContextPropagator::new().inject_context(&cx, &mut out);
+            if out.get("tracestate").is_some_and(String::is_empty) {
+                out.remove("tracestate");
+            }
+        }
+        let mut headers = HeaderMap::new();
+        if formats.has(Formats::B3_MULTI) {
+            b3::inject_multi(sc, &mut headers);
+        }
+        if formats.has(Formats::B3_SINGLE) {
+            b3::inject_single(sc, &mut headers);
+        }
+        for (k, v) in &headers {
+            out.insert(k.to_string(), v.to_str().unwrap().to_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn hand_written_injection_matches_the_propagators() {
+        let state = TraceState::from_key_value([("vendor", "abc"), ("other", "x")]).unwrap();
+        for sampled in [false, true] {
+            for state in [TraceState::default(), state.clone()] {
+                let flags = if sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                };
+                let sc = SpanContext::new(
+                    TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                    SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                    flags,
+                    true,
+                    state,
+                );
+                for bits in 1..8u8 {
+                    let formats = Formats(bits);
+                    let request = RequestTrace {
+                        cx: Context::new(),
+                        formats,
+                    };
+                    let mut headers = HeaderMap::new();
+                    headers.insert("x-b3-parentspanid", "1111111111111111".parse().unwrap());
+                    headers.insert("b3", "stale".parse().unwrap());
+                    headers.insert("x-kept", "1".parse().unwrap());
+                    let attempt = Context::new().with_remote_span_context(sc.clone());
+                    request.inject(&attempt, &mut headers);
+                    let mut got: HashMap<String, String> = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                        .collect();
+                    assert_eq!(got.remove("x-kept").as_deref(), Some("1"));
+                    assert_eq!(
+                        got,
+                        reference(&sc, formats),
+                        "formats {bits:03b}, sampled {sampled}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_context_injects_nothing_and_strips_stale_headers() {
+        let request = RequestTrace {
+            cx: Context::new(),
+            formats: Formats(Formats::W3C | Formats::B3_MULTI),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", "garbage".parse().unwrap());
+        headers.insert("x-b3-sampled", "1".parse().unwrap());
+        request.inject(&Context::new(), &mut headers);
+        assert!(headers.is_empty(), "{headers:?}");
     }
 }

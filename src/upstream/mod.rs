@@ -404,7 +404,7 @@ impl Upstream {
         if let Some((_, budget)) = options.retry {
             budget.deposit(Instant::now());
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         // Only a body held in memory can be sent twice.
         let replay: Option<Bytes> = match (&body, options.retry) {
             (UpstreamBody::Buffered(Some(bytes)), Some(_)) => Some(bytes.clone()),
@@ -431,7 +431,12 @@ impl Upstream {
             let mut request = Request::new(attempt_body);
             *request.method_mut() = parts.method.clone();
             *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
+            // Without a replayable body there is exactly one attempt: move the headers.
+            *request.headers_mut() = if replay.is_some() {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(self.scheme());
             uri.authority = Some(endpoint.authority.clone());
