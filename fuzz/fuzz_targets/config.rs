@@ -8,5 +8,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let result = keel::config::from_str(&text, "fuzz.toml");
+    invariants::error_count_feedback(&result);
     invariants::check_result(&text, &result);
 });

@@ -11,5 +11,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|doc: Doc| {
     let text = doc.to_toml();
     let result = keel::config::from_str(&text, "fuzz.toml");
+    invariants::error_count_feedback(&result);
     invariants::check_result(&text, &result);
 });

@@ -8,7 +8,8 @@ use arbitrary::Arbitrary;
 
 use crate::grammar::*;
 
-type Extra = Option<(Unknown, Any)>;
+/// The one unknown key a table may carry (rarely: see [`Rare`]).
+type Extra = Rare<(Unknown, Any)>;
 
 /// A whole config file.
 #[derive(Debug, Arbitrary)]
@@ -256,8 +257,13 @@ impl Doc {
         for l in self.listeners.iter().take(4) {
             l.render(&mut out);
         }
+        // Two `[upstreams.NAME]` tables with one name would be a TOML syntax error.
+        let mut names = Vec::new();
         for u in self.upstreams.iter().take(5) {
-            u.render(&mut out);
+            if !names.contains(&&u.name.0) {
+                names.push(&u.name.0);
+                u.render(&mut out);
+            }
         }
         for fault in self.faults.iter().take(3) {
             table(&mut out, "[[faults]]", &fault.fields());

@@ -7,6 +7,10 @@
 //! an arbitrary string or number, and sometimes a value of the wrong type. Every table may also
 //! carry one unknown key. Names come from a small pool so routes, splits, mirrors and faults
 //! often refer to upstreams and routes that exist.
+//!
+//! Every rare choice is written `!u.ratio(n - 1, n)`: when the input runs out, `arbitrary`
+//! answers `true` to every `ratio`, so the common (plausible) branch is the one taken, and a
+//! pool's first entry, which `choose` then returns, is a valid value.
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 
@@ -59,10 +63,26 @@ pub enum V<T> {
 
 impl<'a, T: Arbitrary<'a>> Arbitrary<'a> for V<T> {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        if u.ratio(1u8, 12)? {
+        if !u.ratio(11u8, 12)? {
             Ok(V::Wrong(u.arbitrary()?))
         } else {
             Ok(V::Good(u.arbitrary()?))
+        }
+    }
+}
+
+/// A value that is usually absent: present one time in eight. For the unknown key every table may
+/// carry: present half of the time (as a plain `Option`), it made almost every document invalid,
+/// so accepted documents with listeners and routes were never seen.
+#[derive(Debug)]
+pub struct Rare<T>(pub Option<T>);
+
+impl<'a, T: Arbitrary<'a>> Arbitrary<'a> for Rare<T> {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        if !u.ratio(7u8, 8)? {
+            Ok(Rare(Some(u.arbitrary()?)))
+        } else {
+            Ok(Rare(None))
         }
     }
 }
@@ -99,7 +119,7 @@ macro_rules! string_pool {
         impl<'a> Arbitrary<'a> for $name {
             fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
                 const POOL: &[&str] = &[$($s),*];
-                if u.ratio(1u8, 16)? {
+                if !u.ratio(15u8, 16)? {
                     let s: String = u.arbitrary()?;
                     Ok($name(s.chars().take(24).collect()))
                 } else {
@@ -199,9 +219,10 @@ string_pool!(
     ["2999-01-01T00:00:00Z", "2000-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "tomorrow", ""]
 );
 string_pool!(
-    /// Keys no table has: typos and keys of other tables.
+    /// Keys no table has: typos and keys of other tables (not `routes` or `upstreams`: beside
+    /// `[[listeners.routes]]` or `[upstreams.NAME]` they are TOML syntax errors).
     Unknown,
-    ["bogus", "lisen", "max_conections", "timeout_ms", "endpoint", "upstreams", "routes", "enabled"]
+    ["bogus", "lisen", "max_conections", "timeout_ms", "endpoint", "upstream", "route", "enabled"]
 );
 
 /// An integer: plausible limits, boundaries and overflow candidates, or any `i64`.
@@ -237,7 +258,7 @@ impl<'a> Arbitrary<'a> for Int {
             i64::MAX,
             i64::MIN,
         ];
-        if u.ratio(1u8, 10)? {
+        if !u.ratio(9u8, 10)? {
             Ok(Int(u.arbitrary()?))
         } else {
             Ok(Int(*u.choose(POOL)?))
@@ -273,7 +294,7 @@ impl<'a> Arbitrary<'a> for Float {
             1e300,
             -0.0,
         ];
-        if u.ratio(1u8, 10)? {
+        if !u.ratio(9u8, 10)? {
             Ok(Float(u.arbitrary()?))
         } else {
             Ok(Float(*u.choose(POOL)?))
@@ -323,10 +344,10 @@ impl<'a> Arbitrary<'a> for Dur {
         const UNITS: &[&str] = &[
             "ms", "ms", "s", "s", "s", "m", "h", "d", "y", "ns", "us", "", "sec", "xs",
         ];
-        let count = 1 + usize::from(u.ratio(1u8, 8)?);
+        let count = 1 + usize::from(!u.ratio(7u8, 8)?);
         let mut parts = Vec::with_capacity(count);
         for _ in 0..count {
-            let n = if u.ratio(1u8, 10)? {
+            let n = if !u.ratio(9u8, 10)? {
                 u.arbitrary()?
             } else {
                 *u.choose(NUMBERS)?
@@ -403,9 +424,14 @@ impl Render for Any {
 pub struct Fields(Vec<(String, String)>);
 
 impl Fields {
-    /// Adds an entry with already rendered value text.
+    /// Adds an entry with already rendered value text, unless the table has the key already:
+    /// a duplicate key is a TOML syntax error, which hides every other problem of the document
+    /// (the `config` target covers syntax).
     pub fn push(&mut self, key: &str, value: String) {
-        self.0.push((toml_key(key), value));
+        let key = toml_key(key);
+        if self.0.iter().all(|(k, _)| *k != key) {
+            self.0.push((key, value));
+        }
     }
 
     /// Adds `key = value` when the value is present.
@@ -416,8 +442,8 @@ impl Fields {
     }
 
     /// Adds the table's unknown key, when it has one.
-    pub fn unknown(&mut self, extra: &Option<(Unknown, Any)>) {
-        if let Some((k, v)) = extra {
+    pub fn unknown(&mut self, extra: &Rare<(Unknown, Any)>) {
+        if let Some((k, v)) = &extra.0 {
             self.push(&k.0, v.render());
         }
     }

@@ -222,12 +222,24 @@ fn validate_listener(
             ([127, 0, 0, 1], 0).into()
         }
     };
-    let max_headers = limit(
+    let mut max_headers = limit(
         listener.max_headers.as_ref(),
         defaults::MAX_HEADERS,
         1,
         errors,
     );
+    if let Some(count) = &listener.max_headers {
+        if max_headers > MAX_HEADERS_CEILING {
+            errors.push(
+                ConfigError::new(
+                    count.span(),
+                    format!("max_headers must be at most {MAX_HEADERS_CEILING}, got {}", count.get_ref()),
+                )
+                .with_hint("hyper reserves room for this many fields for every request head; the default is 100"),
+            );
+            max_headers = defaults::MAX_HEADERS;
+        }
+    }
     let max_header_bytes = limit(
         listener.max_header_bytes.as_ref(),
         defaults::MAX_HEADER_BYTES,
@@ -767,6 +779,12 @@ fn socket_addr(value: Option<&Str>, default: &str, errors: &mut Errors) -> Socke
     }
 }
 
+/// The most header fields a listener may allow. hyper's HTTP/1 server allocates room for
+/// `max_headers` fields (64 bytes each) for every request head it parses, so an unbounded value
+/// (`max_headers = 5408015502793530758`, accepted before) turns the first request into an
+/// allocation failure, which aborts the process.
+const MAX_HEADERS_CEILING: usize = 1000;
+
 /// The longest duration any setting takes: one year (humantime's `1y`, 365.25 days).
 ///
 /// Every duration ends up in `Instant + Duration` or `SystemTime + Duration` arithmetic
@@ -815,7 +833,7 @@ pub(super) fn parse_duration(value: &Str, errors: &mut Errors) -> Option<Duratio
 /// Whether `text`, read span by span the way `humantime::parse_duration` reads it (a number,
 /// whitespace allowed between its digits, an optional fraction, a unit), adds up to more than
 /// `limit` before the first span humantime would refuse. Sums in `u128` nanoseconds, saturating,
-/// so it never overflows; fractions count in full, so the sum is never below humantime's.
+/// so it never overflows; fractions are rounded up, so the sum is never below humantime's.
 fn longer_than(text: &str, limit: Duration) -> bool {
     let limit = limit.as_nanos();
     let mut total: u128 = 0;
@@ -1031,6 +1049,26 @@ mod tests {
             assert_eq!(err.errors.len(), 1, "{life}: {err}");
             assert_eq!(err.errors[0].line, 3, "{life}: {err}");
         }
+    }
+
+    /// Seen in a `config_structured` document accepted after the target learned to reach
+    /// valid listeners: `max_headers` had no upper bound.
+    #[test]
+    fn max_headers_is_bounded() {
+        let with = |n: &str| {
+            format!(
+                "[[listeners]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\nmax_headers = {n}\n\
+                 [[listeners.routes]]\nupstream = \"a\"\n\
+                 [upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n"
+            )
+        };
+        for n in ["1001", "5408015502793530758"] {
+            let err = from_str(&with(n), "t.toml").unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert_eq!(err.errors[0].line, 4, "{err}");
+        }
+        let ok = from_str(&with("1000"), "t.toml").unwrap();
+        assert_eq!(ok.listeners[0].max_headers, 1000);
     }
 
     /// The head fuzz target's fixed config routes `::1`, the host the router derives from a
