@@ -779,6 +779,55 @@ fn sec1_keys_load_as_well_as_pkcs8() {
     keel::config::from_str(&listener(&sec1_path), "test.toml").unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// An RSA key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`) loads too. rcgen on ring cannot make RSA
+/// keys, so the `openssl` command makes this one; the test says so and skips without it.
+#[test]
+fn pkcs1_rsa_keys_load() {
+    let dir = TempDir::new("key-pkcs1");
+    let cert = dir.path("rsa.crt");
+    let pkcs8 = dir.path("rsa.p8.key");
+    let pkcs1 = dir.path("rsa.p1.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&pkcs8)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: the openssl command is not available to make an RSA key");
+        return;
+    }
+    let converted = std::process::Command::new("openssl")
+        .args(["rsa", "-traditional", "-in"])
+        .arg(&pkcs8)
+        .arg("-out")
+        .arg(&pkcs1)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let text = std::fs::read_to_string(&pkcs1).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "{text}"
+    );
+    let tls = format!("cert = {}, key = {}", toml_path(&cert), toml_path(&pkcs1));
+    let config = with_loopback_admin(&listener_toml("127.0.0.1:1".parse().unwrap(), &tls, "", ""));
+    keel::config::from_str(&config, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
