@@ -21,7 +21,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -1056,7 +1055,7 @@ endpoints = ["{}"]
     }
 
     /// A request to the healthy upstream succeeds on a fresh connection and on `conn`.
-    async fn assert_healthy(&self, conn: &mut Conn) {
+    async fn assert_healthy(&self, conn: &mut KeepAliveConn) {
         let before = self.good.seen().len();
         let reply = tokio::time::timeout(STEP, get(self.addr(), "svc", "/ok"))
             .await
@@ -1070,49 +1069,10 @@ endpoints = ["{}"]
     }
 }
 
-/// One kept-alive HTTP/1.1 client connection to keel.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Conn { sender }
-    }
-
-    async fn get(&mut self, path: &str) -> Reply {
-        let started = Instant::now();
-        let req = Request::get(path)
-            .header("host", "svc")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        tokio::time::timeout(STEP, async {
-            self.sender.ready().await.unwrap();
-            let response = self.sender.send_request(req).await.unwrap();
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            Reply {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                elapsed: started.elapsed(),
-            }
-        })
-        .await
-        .expect("answered in time")
-    }
-}
-
 /// Two requests to a broken upstream are each a 502 `upstream-reset`; then keel is healthy.
 async fn assert_broken_upstream_is_502(bad: SocketAddr) {
     let fx = Fixture::new(bad).await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     for _ in 0..2 {
         let reply = conn.get("/bad").await;
         assert_eq!(reply.status, 502, "{reply:?}");
@@ -1177,7 +1137,7 @@ async fn upstream_chunked_with_content_length_is_handled_safely() {
     })
     .await;
     let fx = Fixture::new(bad).await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     for _ in 0..2 {
         let reply = conn.get("/bad").await;
         match reply.status {
@@ -1250,7 +1210,7 @@ async fn dirty_upstream(wait_for_go: bool) -> (SocketAddr, Arc<Dirty>) {
 async fn unsolicited_bytes_after_a_response_discard_the_connection() {
     let (bad, dirty) = dirty_upstream(false).await;
     let fx = Fixture::new(bad).await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     let first = conn.get("/bad/1").await;
     assert_eq!((first.status, first.body.as_str()), (200, "ok"));
     let second = conn.get("/bad/2").await;
@@ -1273,7 +1233,7 @@ async fn unsolicited_bytes_after_a_response_discard_the_connection() {
 async fn unsolicited_bytes_on_an_idle_pooled_connection_discard_it() {
     let (bad, dirty) = dirty_upstream(true).await;
     let fx = Fixture::new(bad).await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     let first = conn.get("/bad/1").await;
     assert_eq!((first.status, first.body.as_str()), (200, "ok"));
     dirty.go.notify_one();
@@ -1377,7 +1337,7 @@ async fn early_upstream_answer_rest_of_body_is_not_a_request() {
     let _ = stream.write_all(&rest).await;
     let closed = read_to_close(&mut stream, &mut got).await;
     assert_early_answer_then_close_or_next(&fx, &Exchange { bytes: got, closed });
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     fx.assert_healthy(&mut conn).await;
 }
 
@@ -1391,7 +1351,7 @@ async fn early_upstream_answer_pipelined_upload_is_not_a_request() {
     request.extend_from_slice(AFTER);
     let reply = exchange(fx.addr(), &request).await;
     assert_early_answer_then_close_or_next(&fx, &reply);
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     fx.assert_healthy(&mut conn).await;
 }
 
@@ -1430,7 +1390,7 @@ async fn bad_chunk_after_the_head_was_forwarded_breaks_the_upload() {
     .await;
     let upstreams = get(admin, "admin", "/upstreams").await.body;
     assert!(upstreams.contains("\"state\": \"Closed\""), "{upstreams}");
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "svc").await;
     fx.assert_healthy(&mut conn).await;
 }
 

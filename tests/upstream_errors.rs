@@ -10,12 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::time::Instant;
 
 /// Bound for any single network step of these tests.
 const STEP: Duration = Duration::from_secs(10);
@@ -64,7 +62,7 @@ endpoints = ["{}"]
 
     /// A request to the healthy upstream succeeds, on a fresh connection and on `conn` (the
     /// connection that just carried the failure), when given.
-    async fn assert_healthy(&self, conn: Option<&mut Conn>) {
+    async fn assert_healthy(&self, conn: Option<&mut KeepAliveConn>) {
         let before = self.good.requests();
         let reply = bounded(get(self.addr(), "orders", "/ok")).await;
         assert_eq!(
@@ -93,44 +91,6 @@ async fn bounded<T>(work: impl std::future::Future<Output = T>) -> T {
         .expect("step finished in time")
 }
 
-/// One kept-alive HTTP/1.1 client connection to keel.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Conn { sender }
-    }
-
-    async fn get(&mut self, path: &str) -> Reply {
-        let started = Instant::now();
-        let req = Request::get(path)
-            .header("host", "orders")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        bounded(async {
-            self.sender.ready().await.unwrap();
-            let response = self.sender.send_request(req).await.unwrap();
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            Reply {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                elapsed: started.elapsed(),
-            }
-        })
-        .await
-    }
-}
-
 fn assert_keel_error(reply: &Reply, status: u16, reason: &str) {
     assert_eq!(reply.status, status, "{reply:?}");
     assert_eq!(reply.keel_error(), Some(reason), "{reply:?}");
@@ -143,7 +103,7 @@ async fn connect_refused_is_502_upstream_connect_at_once() {
     drop(closed);
     // A long connect timeout: a refusal must not wait for it.
     let fx = Fixture::new(bad, r#"connect_timeout = "5s""#, "").await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "orders").await;
     for _ in 0..2 {
         let reply = conn.get("/bad").await;
         assert_keel_error(&reply, 502, "upstream-connect");
@@ -182,7 +142,7 @@ async fn unresponsive_endpoint() -> (SocketAddr, tokio::net::TcpListener, Vec<Tc
 async fn connect_timeout_is_502_upstream_connect_after_connect_timeout() {
     let (bad, _listener, _fillers) = unresponsive_endpoint().await;
     let fx = Fixture::new(bad, r#"connect_timeout = "200ms""#, r#"timeout = "10s""#).await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "orders").await;
     for _ in 0..2 {
         let reply = conn.get("/bad").await;
         assert_keel_error(&reply, 502, "upstream-connect");
@@ -204,7 +164,7 @@ async fn connect_timeout_is_502_upstream_connect_after_connect_timeout() {
 async fn route_timeout_is_504_upstream_timeout() {
     let bad = upstream(Behaviour::Hang).await;
     let fx = Fixture::new(bad.addr, "", r#"timeout = "300ms""#).await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "orders").await;
     for _ in 0..2 {
         let reply = conn.get("/bad").await;
         assert_keel_error(&reply, 504, "upstream-timeout");
@@ -227,7 +187,7 @@ async fn route_timeout_is_504_upstream_timeout() {
 async fn close_before_head_is_502_upstream_reset() {
     let bad = upstream(Behaviour::CloseBeforeHead).await;
     let fx = Fixture::new(bad.addr, "", "").await;
-    let mut conn = Conn::open(fx.addr()).await;
+    let mut conn = KeepAliveConn::open(fx.addr(), "orders").await;
     for _ in 0..2 {
         let reply = conn.get("/bad").await;
         assert_keel_error(&reply, 502, "upstream-reset");
@@ -241,7 +201,7 @@ async fn upstream_status_passes_through_without_keel_error() {
     for status in [404, 500, 502, 503, 504] {
         let bad = upstream(Behaviour::Status(status)).await;
         let fx = Fixture::new(bad.addr, "", "").await;
-        let mut conn = Conn::open(fx.addr()).await;
+        let mut conn = KeepAliveConn::open(fx.addr(), "orders").await;
         let reply = conn.get("/bad/status").await;
         assert_eq!(reply.status, status, "{reply:?}");
         assert_eq!(

@@ -285,16 +285,16 @@ fn read(path: &Str, what: &str, source: &mut Vec<u8>, errors: &mut Errors) -> Op
     }
 }
 
-fn certificates(
+/// Reads `path` and decodes every PEM certificate block in it (possibly none).
+fn pem_certificates(
     path: &Str,
     what: &str,
     source: &mut Vec<u8>,
     errors: &mut Errors,
 ) -> Option<Vec<CertificateDer<'static>>> {
     let bytes = read(path, what, source, errors)?;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
-    let certs = match certs {
-        Ok(certs) => certs,
+    match CertificateDer::pem_slice_iter(&bytes).collect() {
+        Ok(certs) => Some(certs),
         Err(e) => {
             errors.push(
                 ConfigError::new(
@@ -303,9 +303,18 @@ fn certificates(
                 )
                 .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks"),
             );
-            return None;
+            None
         }
-    };
+    }
+}
+
+fn certificates(
+    path: &Str,
+    what: &str,
+    source: &mut Vec<u8>,
+    errors: &mut Errors,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let certs = pem_certificates(path, what, source, errors)?;
     if certs.is_empty() {
         errors.push(
             ConfigError::new(
@@ -339,41 +348,20 @@ fn private_key(
     errors: &mut Errors,
 ) -> Option<PrivateKeyDer<'static>> {
     let bytes = read(path, "private key", source, errors)?;
-    match PrivateKeyDer::from_pem_slice(&bytes) {
-        Ok(key) => Some(key),
-        Err(rustls::pki_types::pem::Error::NoItemsFound) => {
-            errors.push(
-                ConfigError::new(path.span(), format!("key file `{}` holds no private key", path.get_ref()))
-                    .with_hint("expected a PEM block: PRIVATE KEY (PKCS#8), RSA PRIVATE KEY (PKCS#1) or EC PRIVATE KEY (SEC1)"),
-            );
-            None
-        }
-        Err(e) => {
-            errors.push(
-                ConfigError::new(path.span(), format!("key file `{}` is not valid PEM: {e}", path.get_ref()))
-                    .with_hint("expected a PEM block: PRIVATE KEY (PKCS#8), RSA PRIVATE KEY (PKCS#1) or EC PRIVATE KEY (SEC1)"),
-            );
-            None
-        }
-    }
+    let problem = match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(key) => return Some(key),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => "holds no private key".to_owned(),
+        Err(e) => format!("is not valid PEM: {e}"),
+    };
+    errors.push(
+        ConfigError::new(path.span(), format!("key file `{}` {problem}", path.get_ref()))
+            .with_hint("expected a PEM block: PRIVATE KEY (PKCS#8), RSA PRIVATE KEY (PKCS#1) or EC PRIVATE KEY (SEC1)"),
+    );
+    None
 }
 
 fn ca_bundle(path: &Str, source: &mut Vec<u8>, errors: &mut Errors) -> Option<RootCertStore> {
-    let bytes = read(path, "CA bundle", source, errors)?;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
-    let certs = match certs {
-        Ok(certs) => certs,
-        Err(e) => {
-            errors.push(
-                ConfigError::new(
-                    path.span(),
-                    format!("CA bundle `{}` is not valid PEM: {e}", path.get_ref()),
-                )
-                .with_hint("expected one or more -----BEGIN CERTIFICATE----- blocks"),
-            );
-            return None;
-        }
-    };
+    let certs = pem_certificates(path, "CA bundle", source, errors)?;
     if certs.is_empty() {
         errors.push(
             ConfigError::new(
